@@ -1,0 +1,78 @@
+"""create_app(settings): the cityos ASGI application, assembled in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp
+
+from cityos import __version__
+from cityos.broker.api import batch, discovery, entities, query
+from cityos.broker.api import contexts as contexts_api
+from cityos.broker.api.common import Broker
+from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
+from cityos.http.middleware.slashes import TrailingSlashMiddleware
+from cityos.http.routing import grouped
+from cityos.jsonld.loader import ContextLoader
+from cityos.settings import Settings
+from cityos.storage.base import Storage
+from cityos.storage.sqlite import SqliteStorage
+
+
+def make_storage(settings: Settings) -> Storage:
+    """Return the storage engine the settings name."""
+    return SqliteStorage(
+        settings.sqlite_path, sync=settings.sqlite_sync, query_threads=settings.query_threads
+    )
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    """Return the cityos ASGI application for these settings."""
+    store = make_storage(settings)
+    loader = ContextLoader(
+        context_dir=settings.context_dir,
+        remote_fetch=settings.remote_contexts,
+        hosted_base=settings.base_url + contexts_api.PATH + "/",
+    )
+    broker = Broker(store, loader, settings)
+    ready = False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        nonlocal ready
+        await store.start()
+        await contexts_api.restore(broker)
+        ready = True
+        try:
+            yield
+        finally:
+            ready = False
+            await loader.close()
+            await store.close()
+
+    async def health(_: Request) -> Response:
+        status = 200 if ready else 503
+        return JSONResponse({"status": "ok" if ready else "starting", "version": __version__},
+                            status)
+
+    table = (
+        entities.routes(broker)
+        + query.routes(broker)
+        + batch.routes(broker)
+        + discovery.routes(broker)
+        + contexts_api.routes(broker)
+    )
+    router = Router(
+        [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],
+        lifespan=lifespan,
+        default=not_found_app(),
+        redirect_slashes=False,
+    )
+    app: ASGIApp = TrailingSlashMiddleware(router)
+    app = ErrorMiddleware(app)
+    app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
+    return app

@@ -1,0 +1,186 @@
+"""Query-string parameters of the NGSI-LD API, parsed into typed values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.datastructures import QueryParams
+
+from cityos.broker import geo, qlang, typesel
+from cityos.broker.errors import BadRequestData, TooManyResults
+from cityos.broker.model import LOCATION
+from cityos.broker.normalize import check_name, is_uri
+from cityos.broker.render import RenderOptions
+from cityos.jsonld.context import ActiveContext
+from cityos.storage.base import EntityQuery
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+FORMATS = {"normalized": "normalized", "keyValues": "keyValues", "simplified": "keyValues",
+           "concise": "concise"}
+RENDER_PARAMS = frozenset({"attrs", "pick", "omit", "options", "format", "lang", "sysAttrs",
+                           "geometryProperty", "local", "datasetId", "contextSourceInfo", "join",
+                           "joinLevel", "containedBy", "csf", "entityMap", "via"})
+QUERY_PARAMS = RENDER_PARAMS | frozenset({
+    "id", "idPattern", "type", "q", "scopeQ", "georel", "geometry", "coordinates", "geoproperty",
+    "limit", "offset", "count",
+})
+
+
+def check_known(params: QueryParams, allowed: Iterable[str]) -> None:
+    """Refuse unknown or repeated query parameters."""
+    allowed = frozenset(allowed)
+    for key in params:
+        if key not in allowed:
+            raise BadRequestData(f"{key}: unknown query parameter")
+        if len(params.getlist(key)) > 1:
+            raise BadRequestData(f"{key}: given more than once")
+
+
+def split_list(raw: str, field: str) -> list[str]:
+    items = [x.strip() for x in raw.split(",")]
+    if not raw or any(not x for x in items):
+        raise BadRequestData(f"{field}: empty item in the comma-separated list {raw!r}")
+    return items
+
+
+def options(params: QueryParams, allowed: frozenset[str]) -> set[str]:
+    raw = params.get("options")
+    if raw is None:
+        return set()
+    opts = set(split_list(raw, "options"))
+    unknown = opts - allowed
+    if unknown:
+        raise BadRequestData(
+            f"options: unknown value(s) {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    return opts
+
+
+def _bool(params: QueryParams, name: str) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise BadRequestData(f"{name}: must be true or false, got {raw!r}")
+    return raw == "true"
+
+
+def _int(params: QueryParams, name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestData(f"{name}: must be a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequestData(f"{name}: must be a non-negative integer, got {raw!r}")
+    return value
+
+
+def attr_names(raw: str | None, field: str, ctx: ActiveContext) -> frozenset[str] | None:
+    """Expand a comma-separated list of attribute names (id and type stay as they are)."""
+    if raw is None:
+        return None
+    out = set()
+    for name in split_list(raw, field):
+        if name in ("id", "type"):
+            out.add(name)
+            continue
+        check_name(name, field)
+        out.add(ctx.expand_term(name))
+    return frozenset(out)
+
+
+def render_options(params: QueryParams, ctx: ActiveContext, *, query: bool) -> RenderOptions:
+    """Return how the entities of a response are to be rendered."""
+    opts = options(params, frozenset({"keyValues", "simplified", "concise", "normalized",
+                                      "sysAttrs", "count"} if query else {"keyValues",
+                                      "simplified", "concise", "normalized", "sysAttrs"}))
+    fmt = "normalized"
+    chosen = [o for o in opts if o in FORMATS]
+    if params.get("format") is not None:
+        f = params["format"]
+        if f not in FORMATS:
+            raise BadRequestData(f"format: {f!r} is not one of normalized, keyValues, concise")
+        chosen.append(f)
+    if len({FORMATS[c] for c in chosen}) > 1:
+        raise BadRequestData(f"options/format: conflicting formats {', '.join(sorted(chosen))}")
+    if chosen:
+        fmt = FORMATS[chosen[0]]
+    attrs = attr_names(params.get("attrs"), "attrs", ctx)
+    pick = attr_names(params.get("pick"), "pick", ctx)
+    omit = attr_names(params.get("omit"), "omit", ctx)
+    if attrs is not None and pick is not None:
+        raise BadRequestData("pick: cannot be combined with attrs")
+    if attrs is not None:
+        pick = attrs | {"id", "type"}
+    lang = params.get("lang")
+    if lang is not None and not lang.strip():
+        raise BadRequestData("lang: must not be empty")
+    return RenderOptions(
+        format=fmt,  # type: ignore[arg-type]
+        sys_attrs="sysAttrs" in opts or _bool(params, "sysAttrs"),
+        lang=lang,
+        pick=pick,
+        omit=omit,
+    )
+
+
+def geometry_property(params: QueryParams, ctx: ActiveContext) -> str:
+    raw = params.get("geometryProperty")
+    if raw is None:
+        return LOCATION
+    check_name(raw, "geometryProperty")
+    return ctx.expand_term(raw)
+
+
+def entity_query(params: QueryParams | dict[str, Any], ctx: ActiveContext) -> EntityQuery:
+    """Build the storage query of GET /entities (or the same members of a POST Query)."""
+    get = params.get
+    ids: tuple[str, ...] = ()
+    if get("id") is not None:
+        ids = tuple(split_list(get("id"), "id"))
+        for i in ids:
+            if not is_uri(i):
+                raise BadRequestData(f"id: {i!r} is not a valid URI")
+    id_pattern = get("idPattern")
+    if id_pattern is not None:
+        qlang.check_regex(id_pattern, "idPattern")
+    types = typesel.parse_type_selection(get("type")) if get("type") is not None else None
+    q = qlang.parse_q(get("q")) if get("q") is not None else None
+    scope_q = qlang.parse_scope_q(get("scopeQ")) if get("scopeQ") is not None else None
+    geo_q = None
+    geoproperty = None
+    if any(get(k) is not None for k in ("georel", "geometry", "coordinates")):
+        gp = get("geoproperty") or "location"
+        check_name(gp, "geoproperty")
+        geo_q = geo.parse_geoquery(get("georel"), get("geometry"), get("coordinates"), gp)
+        geoproperty = ctx.expand_term(gp)
+    elif get("geoproperty") is not None:
+        raise BadRequestData("geoproperty: given without georel, geometry and coordinates")
+    attrs = attr_names(get("attrs"), "attrs", ctx) or frozenset()
+    qp = params if isinstance(params, QueryParams) else QueryParams({})
+    limit = _int(qp, "limit", DEFAULT_LIMIT) if isinstance(params, QueryParams) else int(
+        get("limit", DEFAULT_LIMIT))
+    offset = _int(qp, "offset", 0) if isinstance(params, QueryParams) else int(get("offset", 0))
+    if limit > MAX_LIMIT:
+        raise TooManyResults(f"limit: {limit} exceeds the maximum of {MAX_LIMIT}")
+    count = _bool(qp, "count") if isinstance(params, QueryParams) else bool(get("count"))
+    return EntityQuery(
+        ids=ids,
+        id_pattern=id_pattern,
+        types=types,
+        q=q,
+        scope_q=scope_q,
+        geo=geo_q,
+        geoproperty=geoproperty,
+        attrs=frozenset(a for a in attrs if a not in ("id", "type")),
+        expand=ctx.expand_term,
+        limit=limit,
+        offset=offset,
+        count=count,
+    )

@@ -1,0 +1,1 @@
+"""Pure-ASGI middleware, one concern per module, assembled in cityos.app."""

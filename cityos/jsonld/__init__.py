@@ -1,0 +1,1 @@
+"""JSON-LD @context handling: the shipped core context, a context cache and term expansion."""

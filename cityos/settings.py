@@ -1,0 +1,99 @@
+"""Configuration, read once from the environment and the command line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value cityos refuses to start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = field(default_factory=lambda: Path("cityos-data"))
+    database_url: str | None = None
+    auth: str = "off"
+    context_dir: Path | None = None
+    remote_contexts: bool = True
+    max_body: int = DEFAULT_MAX_BODY
+    public_url: str | None = None
+    sqlite_sync: str = "NORMAL"
+    query_threads: int = 4
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Return the SQLite database file this configuration uses."""
+        url = self.database_url
+        if url is None:
+            return self.data_dir / "cityos.db"
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///") :])
+        if url.startswith("sqlite://"):
+            return Path(url[len("sqlite://") :])
+        raise SettingsError(
+            f"CITYOS_DATABASE_URL: unsupported scheme in {url!r}; "
+            "this version supports sqlite:///path (postgresql:// comes with the PostgreSQL engine)"
+        )
+
+    @property
+    def base_url(self) -> str:
+        """Return the URL clients reach this server at (used for hosted @contexts)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """Return a copy with the given non-None values applied."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def from_env(env: dict[str, str] | None = None) -> Settings:
+    """Read settings from CITYOS_* environment variables."""
+    e = dict(os.environ if env is None else env)
+    auth = e.get("CITYOS_AUTH", "off").strip().lower()
+    if auth not in {"off", "on"}:
+        raise SettingsError(f"CITYOS_AUTH must be 'off' or 'on', got {auth!r}")
+    if auth == "on":
+        raise SettingsError(
+            "CITYOS_AUTH=on: access control is not part of this version yet; use CITYOS_AUTH=off"
+        )
+    sync = e.get("CITYOS_SQLITE_SYNC", "NORMAL").upper()
+    if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise SettingsError(f"CITYOS_SQLITE_SYNC must be OFF, NORMAL, FULL or EXTRA, got {sync!r}")
+    port = _int(e, "CITYOS_PORT", 8000)
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"CITYOS_PORT must be 0-65535, got {port}")
+    ctx_dir = e.get("CITYOS_CONTEXT_DIR")
+    s = Settings(
+        host=e.get("CITYOS_HOST", "127.0.0.1"),
+        port=port,
+        data_dir=Path(e.get("CITYOS_DATA_DIR", "cityos-data")),
+        database_url=e.get("CITYOS_DATABASE_URL") or None,
+        auth=auth,
+        context_dir=Path(ctx_dir) if ctx_dir else None,
+        remote_contexts=e.get("CITYOS_REMOTE_CONTEXTS", "on").lower() not in {"off", "0", "no"},
+        max_body=_int(e, "CITYOS_MAX_BODY", DEFAULT_MAX_BODY),
+        public_url=e.get("CITYOS_PUBLIC_URL") or None,
+        sqlite_sync=sync,
+        query_threads=max(1, _int(e, "CITYOS_QUERY_THREADS", 4)),
+    )
+    _ = s.sqlite_path  # validate the URL scheme early
+    return s

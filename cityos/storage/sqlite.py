@@ -1,0 +1,369 @@
+"""The SQLite storage engine: WAL, reads on a thread pool, writes through one writer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityos.broker.errors import InternalError, NgsiError
+from cityos.broker.model import Doc
+from cityos.storage import sqlite_attrindex as attrindex
+from cityos.storage import sqlite_geo as geoindex
+from cityos.storage.base import (
+    AttributeInfo,
+    EntityQuery,
+    Mutation,
+    Outcome,
+    QueryResult,
+    Storage,
+    TypeInfo,
+)
+from cityos.storage.sqlite_writer import Writer
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities(
+    rid INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    modified_at TEXT NOT NULL,
+    UNIQUE(tenant, id)
+);
+CREATE TABLE IF NOT EXISTS entity_types(
+    tenant TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, type, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_types_rid ON entity_types(rid);
+CREATE TABLE IF NOT EXISTS entity_attrs(
+    rid INTEGER NOT NULL, attr TEXT NOT NULL, atype TEXT NOT NULL,
+    PRIMARY KEY(rid, attr, atype)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_attrs_attr ON entity_attrs(attr, rid);
+CREATE TABLE IF NOT EXISTS kv(
+    ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ns, key)
+) WITHOUT ROWID;
+"""
+
+
+def _dumps(doc: Doc) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def _regexp(pattern: str, value: Any) -> bool:
+    if value is None:
+        return False
+    return _compiled(pattern).search(str(value)) is not None
+
+
+_regex_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    rx = _regex_cache.get(pattern)
+    if rx is None:
+        if len(_regex_cache) > 512:
+            _regex_cache.clear()
+        rx = _regex_cache[pattern] = re.compile(pattern)
+    return rx
+
+
+class SqliteStorage(Storage):
+    """Entities of every tenant in one SQLite file."""
+
+    def __init__(self, path: Path, *, sync: str = "NORMAL", query_threads: int = 4) -> None:
+        self.path = path
+        self._sync = sync
+        self._writer = Writer(self._connect_writer)
+        self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="cityos-sqlite-read")
+        self._local = threading.local()
+        self._inline: sqlite3.Connection | None = None
+        self._tenants: set[str] = {""}
+
+    # -- connections ---------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA mmap_size=268435456")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.create_function("REGEXP", 2, _regexp, deterministic=True)
+        attrindex.register_functions(conn)
+        geoindex.register_functions(conn)
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._open()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA + attrindex.ATTR_INDEX_DDL + geoindex.GEO_DDL)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    async def start(self) -> None:
+        self._writer.start()
+        self._inline = self._open()
+        self._inline.execute("PRAGMA query_only=1")
+        rows = self._inline.execute("SELECT name FROM tenants").fetchall()
+        self._tenants.update(r[0] for r in rows)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+        self._pool.shutdown(wait=True)
+        if self._inline is not None:
+            self._inline.close()
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._reader(), *args))
+
+    # -- reads ---------------------------------------------------------------------------
+    async def tenant_exists(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
+    async def get(self, tenant: str, entity_id: str) -> Doc | None:
+        # A point lookup by primary key costs less than a hop to the thread pool.
+        assert self._inline is not None
+        row = self._inline.execute(
+            "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
+        ).fetchone()
+        if row is None:
+            return None
+        doc: Doc = orjson.loads(row[0])
+        return doc
+
+    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
+        clauses = ["e.tenant=?"]
+        params: list[Any] = [tenant]
+        if query.ids:
+            clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
+            params.extend(query.ids)
+        if query.id_pattern is not None:
+            clauses.append("REGEXP(?, e.id)")
+            params.append(query.id_pattern)
+        if query.types is not None:
+            sql, p = attrindex.compile_type_selection(query.types, query.expand)
+            clauses.append(sql)
+            params.extend(p)
+        if query.attrs:
+            marks = ",".join("?" * len(query.attrs))
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM entity_attrs x WHERE x.rid=e.rid AND x.attr IN ({marks}))"
+            )
+            params.extend(sorted(query.attrs))
+        if query.q is not None:
+            sql, p = attrindex.compile_q(query.q, query.expand)
+            clauses.append(sql)
+            params.extend(p)
+        if query.scope_q is not None:
+            sql, p = attrindex.compile_scope_q(query.scope_q)
+            clauses.append(sql)
+            params.extend(p)
+        if query.geo is not None:
+            sql, p = geoindex.compile_geo(query.geo, query.geoproperty or "")
+            clauses.append(sql)
+            params.extend(p)
+        return " AND ".join(clauses), params
+
+    def _query_sync(self, conn: sqlite3.Connection, tenant: str, query: EntityQuery) -> QueryResult:
+        where, params = self._where(tenant, query)
+        with geoindex.query_scope(query.geo) as geo_params:
+            params = [geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
+            count = None
+            if query.count:
+                count = conn.execute(f"SELECT count(*) FROM entities e WHERE {where}", params)
+                count = count.fetchone()[0]
+            docs: list[Doc] = []
+            if query.limit > 0:
+                rows = conn.execute(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.rid LIMIT ? OFFSET ?",
+                    [*params, query.limit, query.offset],
+                ).fetchall()
+                docs = [orjson.loads(r[0]) for r in rows]
+        return QueryResult(docs, count)
+
+    async def query(self, tenant: str, query: EntityQuery) -> QueryResult:
+        result: QueryResult = await self._read(self._query_sync, tenant, query)
+        return result
+
+    async def types(self, tenant: str) -> list[TypeInfo]:
+        def run(conn: sqlite3.Connection) -> list[TypeInfo]:
+            counts = conn.execute(
+                "SELECT type, count(*) FROM entity_types WHERE tenant=? GROUP BY type ORDER BY type",
+                (tenant,),
+            ).fetchall()
+            attrs: dict[str, dict[str, set[str]]] = {}
+            for t, a, at in conn.execute(
+                "SELECT DISTINCT t.type, x.attr, x.atype FROM entity_types t "
+                "JOIN entity_attrs x ON x.rid=t.rid WHERE t.tenant=?",
+                (tenant,),
+            ):
+                attrs.setdefault(t, {}).setdefault(a, set()).add(at)
+            return [TypeInfo(t, n, attrs.get(t, {})) for t, n in counts]
+
+        result: list[TypeInfo] = await self._read(run)
+        return result
+
+    async def attributes(self, tenant: str) -> list[AttributeInfo]:
+        def run(conn: sqlite3.Connection) -> list[AttributeInfo]:
+            out: dict[str, AttributeInfo] = {}
+            for a, n in conn.execute(
+                "SELECT x.attr, count(DISTINCT x.rid) FROM entity_attrs x JOIN entities e "
+                "ON e.rid=x.rid WHERE e.tenant=? GROUP BY x.attr ORDER BY x.attr",
+                (tenant,),
+            ):
+                out[a] = AttributeInfo(a, n, set(), set())
+            for a, at, t in conn.execute(
+                "SELECT DISTINCT x.attr, x.atype, t.type FROM entity_attrs x "
+                "JOIN entity_types t ON t.rid=x.rid WHERE t.tenant=?",
+                (tenant,),
+            ):
+                info = out.get(a)
+                if info is not None:
+                    info.types.add(t)
+                    info.attribute_types.add(at)
+            return list(out.values())
+
+        result: list[AttributeInfo] = await self._read(run)
+        return result
+
+    # -- writes --------------------------------------------------------------------------
+    def _store(self, conn: sqlite3.Connection, tenant: str, rid: int | None, doc: Doc) -> int:
+        text = _dumps(doc)
+        if rid is None:
+            cur = conn.execute(
+                "INSERT INTO entities(tenant, id, doc, created_at, modified_at) VALUES(?,?,?,?,?)",
+                (tenant, doc["id"], text, doc["createdAt"], doc["modifiedAt"]),
+            )
+            rid = cur.lastrowid
+            assert rid is not None
+        else:
+            conn.execute(
+                "UPDATE entities SET doc=?, modified_at=? WHERE rid=?",
+                (text, doc["modifiedAt"], rid),
+            )
+            self._unindex(conn, rid)
+        conn.executemany(
+            "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES(?,?,?)",
+            [(tenant, t, rid) for t in doc["type"]],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
+            [
+                (rid, name, inst["type"])
+                for name, insts in doc.get("attrs", {}).items()
+                for inst in insts
+            ],
+        )
+        attrindex.insert_index(conn, rid, doc)
+        geoindex.write_geo(conn, rid, doc)
+        return rid
+
+    def _unindex(self, conn: sqlite3.Connection, rid: int) -> None:
+        conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
+        conn.execute("DELETE FROM entity_attrs WHERE rid=?", (rid,))
+        attrindex.delete_index(conn, rid)
+        geoindex.delete_geo(conn, rid)
+
+    def _delete(self, conn: sqlite3.Connection, rid: int) -> None:
+        self._unindex(conn, rid)
+        conn.execute("DELETE FROM entities WHERE rid=?", (rid,))
+
+    def _apply_sync(
+        self, conn: sqlite3.Connection, tenant: str, mutations: Sequence[Mutation]
+    ) -> list[Outcome]:
+        if tenant not in self._tenants:
+            conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES(?)", (tenant,))
+        outcomes: list[Outcome] = []
+        for m in mutations:
+            conn.execute("SAVEPOINT m")
+            try:
+                row = conn.execute(
+                    "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, m.entity_id)
+                ).fetchone()
+                current = orjson.loads(row[1]) if row else None
+                new = m.fn(current)
+                if new is None:
+                    if row is not None:
+                        self._delete(conn, row[0])
+                    outcome = Outcome(m.entity_id, deleted=row is not None)
+                else:
+                    self._store(conn, tenant, row[0] if row else None, new)
+                    outcome = Outcome(m.entity_id, created=row is None, doc=new)
+            except NgsiError as exc:
+                conn.execute("ROLLBACK TO m")
+                outcome = Outcome(m.entity_id, error=exc)
+            except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                conn.execute("ROLLBACK TO m")
+                outcome = Outcome(m.entity_id, error=InternalError(f"storage error: {exc}"))
+            conn.execute("RELEASE m")
+            outcomes.append(outcome)
+        return outcomes
+
+    async def apply(self, tenant: str, mutations: Sequence[Mutation]) -> list[Outcome]:
+        outcomes: list[Outcome] = await self._writer.submit(
+            lambda conn: self._apply_sync(conn, tenant, mutations)
+        )
+        if any(o.ok for o in outcomes):
+            self._tenants.add(tenant)
+        return outcomes
+
+    async def purge(self, tenant: str, query: EntityQuery) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            where, params = self._where(tenant, query)
+            with geoindex.query_scope(query.geo) as geo_params:
+                params = [
+                    geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params
+                ]
+                rids = [r[0] for r in conn.execute(f"SELECT e.rid FROM entities e WHERE {where}", params)]
+            for rid in rids:
+                self._delete(conn, rid)
+            return len(rids)
+
+        n: int = await self._writer.submit(run)
+        return n
+
+    # -- small blobs -----------------------------------------------------------------------
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        assert self._inline is not None
+        row = self._inline.execute(
+            "SELECT value FROM kv WHERE ns=? AND key=?", (namespace, key)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    async def kv_put(self, namespace: str, key: str, value: bytes) -> None:
+        await self._writer.submit(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO kv(ns, key, value) VALUES(?,?,?)", (namespace, key, value)
+            )
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> bool:
+        n: int = await self._writer.submit(
+            lambda c: c.execute("DELETE FROM kv WHERE ns=? AND key=?", (namespace, key)).rowcount
+        )
+        return n > 0
+
+    async def kv_list(self, namespace: str) -> list[tuple[str, bytes]]:
+        assert self._inline is not None
+        rows = self._inline.execute(
+            "SELECT key, value FROM kv WHERE ns=? ORDER BY key", (namespace,)
+        ).fetchall()
+        return [(k, bytes(v)) for k, v in rows]

@@ -1,0 +1,139 @@
+"""One writer thread per SQLite file, committing queued jobs in groups.
+
+Every write in cityos is a job: a function run against the writer's connection. The thread
+takes whatever jobs are queued (up to a bound), runs each inside its own SAVEPOINT so one
+failing job leaves no trace, commits the group once, and only then resolves the callers'
+futures: a write is acknowledged only after its transaction is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("cityos.storage")
+
+MAX_GROUP = 512
+
+Job = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class Writer:
+    """Serialise all writes to one SQLite connection with group commit."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cityos-sqlite-writer", daemon=True)
+        self._started = threading.Event()
+        self._closed = False
+        self._start_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the writer thread and wait until its connection is open."""
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    async def submit(self, job: Job) -> Any:
+        """Run a job in the next group; return its result once committed."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Pending(job, loop, fut))
+        return await fut
+
+    def close(self) -> None:
+        """Drain the queue, commit what is pending and stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to start()
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        stopping = False
+        try:
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stopping = True
+                        break
+                    group.append(nxt)
+                self._run_group(conn, group)
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for p in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    res = p.job(conn)
+                except BaseException as exc:  # the job's own error goes to its caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((res, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("group commit failed; %d writes rolled back", len(group))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(None, exc) for _ in group]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+        for p, (res, err) in zip(group, results, strict=True):
+            by_loop.setdefault(p.loop, []).append((p.future, res, err))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, items)
+            except RuntimeError:  # the loop is gone (shutdown); nobody waits for the answer
+                pass
+
+
+def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, res, err in items:
+        _resolve(fut, res, err)
