@@ -56,8 +56,9 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def health(_: Request) -> Response:
         status = 200 if ready else 503
-        return JSONResponse({"status": "ok" if ready else "starting", "version": __version__},
-                            status)
+        return JSONResponse(
+            {"status": "ok" if ready else "starting", "version": __version__}, status
+        )
 
     table = (
         entities.routes(broker)

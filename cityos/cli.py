@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import uvicorn
 
 from cityos import __version__
 from cityos.settings import Settings, SettingsError, from_env
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -22,8 +28,6 @@ def _settings(**overrides: object) -> Settings:
 
 def run_server(settings: Settings, *, access_log: bool = False) -> None:
     """Serve the app with uvicorn until SIGINT/SIGTERM, then drain and stop."""
-    import uvicorn
-
     from cityos.app import create_app
 
     try:
@@ -35,7 +39,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         f"(data: {settings.sqlite_path})",
         err=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -46,6 +50,27 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         log_level="info",
         timeout_graceful_shutdown=30,
     )
+    server = GracefulServer(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, ending with exit status 0 after a graceful SIGTERM/SIGINT shutdown.
+
+    uvicorn re-raises the signal once it has shut down, so a clean stop would look like a
+    crash (status 143) to process supervisors and scripts.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self.handle_exit) for s in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @click.group()

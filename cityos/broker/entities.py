@@ -35,9 +35,7 @@ class UpdateResult:
     def body(self, compact: Any) -> dict[str, Any]:
         return {
             "updated": [compact(a) for a in self.updated],
-            "notUpdated": [
-                {"attributeName": compact(a), "reason": r} for a, r in self.not_updated
-            ],
+            "notUpdated": [{"attributeName": compact(a), "reason": r} for a, r in self.not_updated],
         }
 
 
@@ -184,8 +182,13 @@ class EntityService:
                     raise not_found(entity_id)
                 if not types:
                     raise BadRequestData("type: missing (every entity needs a type)")
-                cur = {"id": entity_id, "type": [], "createdAt": now, "modifiedAt": now,
-                       "attrs": {}}
+                cur = {
+                    "id": entity_id,
+                    "type": [],
+                    "createdAt": now,
+                    "modifiedAt": now,
+                    "attrs": {},
+                }
             new = dict(cur)
             new["type"] = cur["type"] + [t for t in types if t not in cur["type"]]
             if scope is not None:
@@ -216,13 +219,19 @@ class EntityService:
         def fn(cur: Doc | None) -> None:
             if cur is None:
                 raise not_found(entity_id)
-            return None
+            return
 
         await apply_one(self.store, self.tenant, entity_id, fn)
 
     def append_fn(
-        self, entity_id: str, payload: Any, *, overwrite: bool, only_existing: bool,
-        result: UpdateResult, create: bool = False,
+        self,
+        entity_id: str,
+        payload: Any,
+        *,
+        overwrite: bool,
+        only_existing: bool,
+        result: UpdateResult,
+        create: bool = False,
     ) -> Any:
         """Return the mutation of Append (POST .../attrs) or Update (PATCH .../attrs)."""
         if not isinstance(payload, dict):
@@ -242,8 +251,13 @@ class EntityService:
                     raise not_found(entity_id)
                 if not types:
                     raise BadRequestData("type: missing (every entity needs a type)")
-                cur = {"id": entity_id, "type": [], "createdAt": now, "modifiedAt": now,
-                       "attrs": {}}
+                cur = {
+                    "id": entity_id,
+                    "type": [],
+                    "createdAt": now,
+                    "modifiedAt": now,
+                    "attrs": {},
+                }
             new = dict(cur)
             new["type"] = cur["type"] + [t for t in types if t not in cur["type"]]
             if scope is not None:
@@ -278,8 +292,9 @@ class EntityService:
 
     async def append(self, entity_id: str, payload: Any, *, overwrite: bool) -> UpdateResult:
         result = UpdateResult()
-        fn = self.append_fn(entity_id, payload, overwrite=overwrite, only_existing=False,
-                            result=result)
+        fn = self.append_fn(
+            entity_id, payload, overwrite=overwrite, only_existing=False, result=result
+        )
         await apply_one(self.store, self.tenant, entity_id, fn)
         return result
 
@@ -309,7 +324,9 @@ class EntityService:
             target = next((x for x in existing if _ds(x) == ds), None)
             if target is None:
                 where = f" with datasetId {ds!r}" if ds else ""
-                raise ResourceNotFound(f"attribute {attr!r}{where} not found in entity {entity_id!r}")
+                raise ResourceNotFound(
+                    f"attribute {attr!r}{where} not found in entity {entity_id!r}"
+                )
             frag = dict(payload)
             frag.setdefault("type", target["type"])
             member = VALUE_MEMBER.get(frag["type"])
@@ -364,7 +381,8 @@ class EntityService:
                 if len(remaining) == len(existing):
                     raise ResourceNotFound(
                         f"attribute {attr!r} has no instance with datasetId {dataset_id!r}"
-                        if dataset_id else f"attribute {attr!r} has no default instance"
+                        if dataset_id
+                        else f"attribute {attr!r} has no default instance"
                     )
             attrs = dict(cur["attrs"])
             if remaining:

@@ -1,4 +1,4 @@
-"""NGSI-LD errors (ETSI GS CIM 009, clause 5.5.2) raised by domain code, rendered as ProblemDetails."""
+"""NGSI-LD errors (GS CIM 009 clause 5.5.2) raised by domain code, sent as ProblemDetails."""
 
 from __future__ import annotations
 

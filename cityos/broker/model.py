@@ -52,11 +52,31 @@ ATTRIBUTE_TYPES: Final = frozenset(VALUE_MEMBER)
 #: members of an attribute instance that are not sub-attributes
 CORE_MEMBERS: Final = frozenset(
     {
-        "type", "value", "object", "languageMap", "json", "vocab", "valueList", "objectList",
-        "datasetId", "observedAt", "unitCode", "objectType", "createdAt", "modifiedAt",
-        "deletedAt", "lang", "instanceId", "previousValue", "previousObject",
-        "previousLanguageMap", "previousJson", "previousVocab", "previousValueList",
-        "previousObjectList", "expiresAt",
+        "type",
+        "value",
+        "object",
+        "languageMap",
+        "json",
+        "vocab",
+        "valueList",
+        "objectList",
+        "datasetId",
+        "observedAt",
+        "unitCode",
+        "objectType",
+        "createdAt",
+        "modifiedAt",
+        "deletedAt",
+        "lang",
+        "instanceId",
+        "previousValue",
+        "previousObject",
+        "previousLanguageMap",
+        "previousJson",
+        "previousVocab",
+        "previousValueList",
+        "previousObjectList",
+        "expiresAt",
     }
 )
 

@@ -170,12 +170,20 @@ class Normalizer:
                 # concise form: a bare JSON object is a Property value
                 if _depth(raw, 64):
                     raise BadRequestData(f"{field}: value nests too deeply")
-                return {"type": "Property", "value": raw, "createdAt": self.now,
-                        "modifiedAt": self.now}
+                return {
+                    "type": "Property",
+                    "value": raw,
+                    "createdAt": self.now,
+                    "modifiedAt": self.now,
+                }
         elif atype in GEOJSON_TYPES and "coordinates" in raw and "value" not in raw:
             validate_geojson(raw, field)
-            return {"type": "GeoProperty", "value": raw, "createdAt": self.now,
-                    "modifiedAt": self.now}
+            return {
+                "type": "GeoProperty",
+                "value": raw,
+                "createdAt": self.now,
+                "modifiedAt": self.now,
+            }
         if atype not in ATTRIBUTE_TYPES:
             raise BadRequestData(
                 f"{field}: unknown attribute type {atype!r} "
@@ -268,7 +276,9 @@ class Normalizer:
         return val
 
     # -- entities --------------------------------------------------------------------------
-    def attributes(self, payload: dict[str, Any], skip: frozenset[str]) -> dict[str, list[Instance]]:
+    def attributes(
+        self, payload: dict[str, Any], skip: frozenset[str]
+    ) -> dict[str, list[Instance]]:
         """Return the expanded attributes of a payload, ignoring the members in skip."""
         attrs: dict[str, list[Instance]] = {}
         for key, raw in payload.items():

@@ -13,7 +13,7 @@ MERGE_PATCH = "application/merge-patch+json"
 PROBLEM = "application/problem+json"
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 
-_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
 def parse_accept(header: str | None, offered: tuple[str, ...]) -> str:
@@ -37,7 +37,9 @@ def parse_accept(header: str | None, offered: tuple[str, ...]) -> str:
         if q <= 0:
             continue
         for rank, cand in enumerate(offered):
-            if mtype in (cand, "*/*") or (mtype == "application/*" and cand.startswith("application/")):
+            if mtype in (cand, "*/*") or (
+                mtype == "application/*" and cand.startswith("application/")
+            ):
                 # explicit types beat wildcards at the same q; then the server's order
                 scored.append((q, 1 if mtype == cand else 0, -rank, cand))
     if not scored:

@@ -10,6 +10,9 @@ from starlette.routing import Route
 
 from cityos.broker.errors import MethodNotAllowed
 
+# Every route takes every method, so the dispatcher answers wrong ones with a 405 problem.
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -18,7 +21,10 @@ def grouped(table: list[tuple[str, str, Handler]]) -> list[Route]:
     by_path: dict[str, dict[str, Handler]] = {}
     for method, path, handler in table:
         by_path.setdefault(path, {})[method] = handler
-    return [Route(path, _dispatcher(handlers)) for path, handlers in by_path.items()]
+    return [
+        Route(path, _dispatcher(handlers), methods=ALL_METHODS)
+        for path, handlers in by_path.items()
+    ]
 
 
 def _dispatcher(handlers: dict[str, Handler]) -> Handler:

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS entities(
     modified_at TEXT NOT NULL,
     UNIQUE(tenant, id)
 );
+-- (tenant, rid) order lets "WHERE tenant=? ORDER BY rid LIMIT n" stop after n rows
+CREATE INDEX IF NOT EXISTS entities_tenant ON entities(tenant);
 CREATE TABLE IF NOT EXISTS entity_types(
     tenant TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY(tenant, type, rid)
@@ -186,15 +188,25 @@ class SqliteStorage(Storage):
         where, params = self._where(tenant, query)
         with geoindex.query_scope(query.geo) as geo_params:
             params = [geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
-            count = None
+            count: int | None = None
             if query.count:
-                count = conn.execute(f"SELECT count(*) FROM entities e WHERE {where}", params)
-                count = count.fetchone()[0]
+                sql = f"SELECT count(*) FROM entities e WHERE {where}"
+                count = conn.execute(sql, params).fetchone()[0]
             docs: list[Doc] = []
+            order, order_params = "e.rid", []
+            if query.geo is not None and query.geo.georel == "near":
+                dist = geoindex.compile_distance(query.geo, query.geoproperty or "")
+                if dist is not None:
+                    # near: nearest first, as users of a map expect
+                    order = f"{dist[0]}, e.rid"
+                    order_params = [
+                        geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p
+                        for p in dist[1]
+                    ]
             if query.limit > 0:
                 rows = conn.execute(
-                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.rid LIMIT ? OFFSET ?",
-                    [*params, query.limit, query.offset],
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                    [*params, *order_params, query.limit, query.offset],
                 ).fetchall()
                 docs = [orjson.loads(r[0]) for r in rows]
         return QueryResult(docs, count)
@@ -206,7 +218,8 @@ class SqliteStorage(Storage):
     async def types(self, tenant: str) -> list[TypeInfo]:
         def run(conn: sqlite3.Connection) -> list[TypeInfo]:
             counts = conn.execute(
-                "SELECT type, count(*) FROM entity_types WHERE tenant=? GROUP BY type ORDER BY type",
+                "SELECT type, count(*) FROM entity_types WHERE tenant=? "
+                "GROUP BY type ORDER BY type",
                 (tenant,),
             ).fetchall()
             attrs: dict[str, dict[str, set[str]]] = {}
@@ -332,7 +345,10 @@ class SqliteStorage(Storage):
                 params = [
                     geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params
                 ]
-                rids = [r[0] for r in conn.execute(f"SELECT e.rid FROM entities e WHERE {where}", params)]
+                rids = [
+                    r[0]
+                    for r in conn.execute(f"SELECT e.rid FROM entities e WHERE {where}", params)
+                ]
             for rid in rids:
                 self._delete(conn, rid)
             return len(rids)

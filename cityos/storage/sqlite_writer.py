@@ -9,6 +9,7 @@ futures: a write is acknowledged only after its transaction is committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -49,7 +50,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="cityos-sqlite-writer", daemon=True)
         self._started = threading.Event()
         self._closed = False
-        self._start_error: BaseException | None = None
+        self._start_error: Exception | None = None
 
     def start(self) -> None:
         """Start the writer thread and wait until its connection is open."""
@@ -78,7 +79,7 @@ class Writer:
     def _run(self) -> None:
         try:
             conn = self._connect()
-        except BaseException as exc:  # reported to start()
+        except Exception as exc:  # noqa: BLE001  (reported to start())
             self._start_error = exc
             self._started.set()
             return
@@ -104,14 +105,14 @@ class Writer:
             conn.close()
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
-        results: list[tuple[Any, BaseException | None]] = []
+        results: list[tuple[Any, Exception | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in group:
                 conn.execute("SAVEPOINT job")
                 try:
                     res = p.job(conn)
-                except BaseException as exc:  # the job's own error goes to its caller
+                except Exception as exc:  # noqa: BLE001  (the job's error goes to its caller)
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     results.append((None, exc))
@@ -128,10 +129,9 @@ class Writer:
         for p, (res, err) in zip(group, results, strict=True):
             by_loop.setdefault(p.loop, []).append((p.future, res, err))
         for loop, items in by_loop.items():
-            try:
+            # A closed loop (shutdown) has nobody waiting for the answer.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve_all, items)
-            except RuntimeError:  # the loop is gone (shutdown); nobody waits for the answer
-                pass
 
 
 def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -29,7 +29,10 @@ def _error_entry(entity_id: Any, exc: Exception) -> dict[str, Any]:
 
 
 def _respond(
-    success: list[str], errors: list[dict[str, Any]], *, created_ids: list[str] | None = None,
+    success: list[str],
+    errors: list[dict[str, Any]],
+    *,
+    created_ids: list[str] | None = None,
     all_status: int = 204,
 ) -> Response:
     if errors:
@@ -111,8 +114,14 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
                 if not isinstance(item, dict):
                     raise BadRequestData("each entity must be a JSON object")
                 entity_id = check_entity_id(item.get("id"))
-                fn = svc.append_fn(entity_id, item, overwrite=True, only_existing=False,
-                                   result=UpdateResult(), create=True)
+                fn = svc.append_fn(
+                    entity_id,
+                    item,
+                    overwrite=True,
+                    only_existing=False,
+                    result=UpdateResult(),
+                    create=True,
+                )
                 return Mutation(entity_id, fn)
             doc = svc.norm.entity(item)
 
@@ -139,8 +148,9 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
             if not isinstance(item, dict):
                 raise BadRequestData("each entity must be a JSON object")
             entity_id = check_entity_id(item.get("id"))
-            fn = svc.append_fn(entity_id, item, overwrite=overwrite, only_existing=False,
-                               result=UpdateResult())
+            fn = svc.append_fn(
+                entity_id, item, overwrite=overwrite, only_existing=False, result=UpdateResult()
+            )
             return Mutation(entity_id, fn)
 
         success, errors, _ = await run(call, items, make)
@@ -167,7 +177,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
             def fn(cur: Doc | None) -> None:
                 if cur is None:
                     raise not_found(entity_id)
-                return None
+                return
 
             return Mutation(entity_id, fn)
 

@@ -116,10 +116,11 @@ async def begin(
         allowed = {media.JSON, media.LD_JSON} | ({media.MERGE_PATCH} if merge_patch else set())
         if ctype not in allowed:
             raise UnsupportedMediaType(
-                f"Content-Type: {ctype or 'missing'!s}; expected one of {', '.join(sorted(allowed))}"
+                f"Content-Type: {ctype or 'missing'}; "
+                f"expected one of {', '.join(sorted(allowed))}"
             )
         payload = parse_json(await read_body(request, broker.settings.max_body))
-    context_value: Any = links[0] if links else None
+    context_value: Any = links[0] if links else _EMPTY
     if ctype == media.LD_JSON:
         if links:
             raise BadRequestData(
@@ -127,7 +128,7 @@ async def begin(
                 "put @context in the body"
             )
         if context_in_elements and isinstance(payload, list):
-            context_value = None  # each element carries its own @context
+            context_value = _EMPTY  # each element carries its own @context
         elif not isinstance(payload, dict) or "@context" not in payload:
             raise BadRequestData("@context: missing from an application/ld+json body")
         else:
@@ -137,14 +138,19 @@ async def begin(
             "@context: not allowed in an application/json body; use application/ld+json "
             "or a Link header"
         )
-    elif body and context_in_elements and isinstance(payload, list) and any(
-        isinstance(e, dict) and "@context" in e for e in payload
+    elif (
+        body
+        and context_in_elements
+        and isinstance(payload, list)
+        and any(isinstance(e, dict) and "@context" in e for e in payload)
     ):
         raise BadRequestData(
             "@context: not allowed in an application/json body; use application/ld+json"
         )
-    ctx = await broker.loader.resolve(context_value) if context_value is not None else (
+    ctx = (
         broker.loader.default()
+        if context_value is _EMPTY
+        else await broker.loader.resolve(context_value)
     )
     return Call(tenant, ctx, accept, payload)
 

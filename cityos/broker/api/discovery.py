@@ -26,20 +26,29 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
 
     async def list_types(request: Request) -> Response:
         params.check_known(request.query_params, ("details", "local"))
-        details = params._bool(request.query_params, "details")
+        details = params.flag(request.query_params, "details")
         call = await begin(broker, request)
         await require_tenant(broker, call.tenant)
         infos = await broker.store.types(call.tenant)
         c = call.ctx.compact_iri
         if details:
-            return json_response(call, [
-                {"id": i.type, "type": "EntityType", "typeName": c(i.type),
-                 "attributeNames": sorted(c(a) for a in i.attributes)}
-                for i in infos
-            ])
+            return json_response(
+                call,
+                [
+                    {
+                        "id": i.type,
+                        "type": "EntityType",
+                        "typeName": c(i.type),
+                        "attributeNames": sorted(c(a) for a in i.attributes),
+                    }
+                    for i in infos
+                ],
+            )
         names = sorted(c(i.type) for i in infos)
-        return json_response(call, {"id": _list_id("EntityTypeList", names),
-                                    "type": "EntityTypeList", "typeList": names})
+        return json_response(
+            call,
+            {"id": _list_id("EntityTypeList", names), "type": "EntityTypeList", "typeList": names},
+        )
 
     async def get_type(request: Request) -> Response:
         params.check_known(request.query_params, ("local",))
@@ -52,32 +61,54 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         if info is None:
             raise ResourceNotFound(f"no entity of type {name!r} exists")
         c = call.ctx.compact_iri
-        return json_response(call, {
-            "id": iri, "type": "EntityTypeInfo", "typeName": c(iri),
-            "entityCount": info.entity_count,
-            "attributeDetails": [
-                {"id": a, "type": "Attribute", "attributeName": c(a),
-                 "attributeTypes": sorted(kinds)}
-                for a, kinds in sorted(info.attributes.items())
-            ],
-        })
+        return json_response(
+            call,
+            {
+                "id": iri,
+                "type": "EntityTypeInfo",
+                "typeName": c(iri),
+                "entityCount": info.entity_count,
+                "attributeDetails": [
+                    {
+                        "id": a,
+                        "type": "Attribute",
+                        "attributeName": c(a),
+                        "attributeTypes": sorted(kinds),
+                    }
+                    for a, kinds in sorted(info.attributes.items())
+                ],
+            },
+        )
 
     async def list_attributes(request: Request) -> Response:
         params.check_known(request.query_params, ("details", "local"))
-        details = params._bool(request.query_params, "details")
+        details = params.flag(request.query_params, "details")
         call = await begin(broker, request)
         await require_tenant(broker, call.tenant)
         infos = await broker.store.attributes(call.tenant)
         c = call.ctx.compact_iri
         if details:
-            return json_response(call, [
-                {"id": i.name, "type": "Attribute", "attributeName": c(i.name),
-                 "typeNames": sorted(c(t) for t in i.types)}
-                for i in infos
-            ])
+            return json_response(
+                call,
+                [
+                    {
+                        "id": i.name,
+                        "type": "Attribute",
+                        "attributeName": c(i.name),
+                        "typeNames": sorted(c(t) for t in i.types),
+                    }
+                    for i in infos
+                ],
+            )
         names = sorted(c(i.name) for i in infos)
-        return json_response(call, {"id": _list_id("AttributeList", names),
-                                    "type": "AttributeList", "attributeList": names})
+        return json_response(
+            call,
+            {
+                "id": _list_id("AttributeList", names),
+                "type": "AttributeList",
+                "attributeList": names,
+            },
+        )
 
     async def get_attribute(request: Request) -> Response:
         params.check_known(request.query_params, ("local",))
@@ -90,11 +121,17 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         if info is None:
             raise ResourceNotFound(f"no entity has an attribute {name!r}")
         c = call.ctx.compact_iri
-        return json_response(call, {
-            "id": iri, "type": "Attribute", "attributeName": c(iri),
-            "attributeCount": info.count, "attributeTypes": sorted(info.attribute_types),
-            "typeNames": sorted(c(t) for t in info.types),
-        })
+        return json_response(
+            call,
+            {
+                "id": iri,
+                "type": "Attribute",
+                "attributeName": c(iri),
+                "attributeCount": info.count,
+                "attributeTypes": sorted(info.attribute_types),
+                "typeNames": sorted(c(t) for t in info.types),
+            },
+        )
 
     return [
         ("GET", BASE + "/types", list_types),

@@ -22,7 +22,7 @@ from cityos.broker.errors import BadRequestData
 from cityos.broker.normalize import check_entity_id, is_uri
 from cityos.broker.render import render_entity, render_geojson_feature
 from cityos.http import media
-from cityos.http.routing import Handler, grouped
+from cityos.http.routing import Handler
 
 BASE = "/ngsi-ld/v1"
 
@@ -62,7 +62,9 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         if doc is None:
             raise not_found(entity_id)
         if call.accept == media.GEO_JSON:
-            body = render_geojson_feature(doc, call.ctx, opts, params.geometry_property(qp, call.ctx))
+            body = render_geojson_feature(
+                doc, call.ctx, opts, params.geometry_property(qp, call.ctx)
+            )
             if isinstance(call.ctx.source, (str, list)):
                 body["@context"] = call.ctx.source
             return json_response(call, body)
@@ -135,17 +137,15 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         )
         return no_content()
 
-    return (
-        [
-            ("POST", BASE + "/entities", create_entity),
-            ("GET", BASE + "/entities/{entity_id}", retrieve_entity),
-            ("PUT", BASE + "/entities/{entity_id}", replace_entity),
-            ("PATCH", BASE + "/entities/{entity_id}", merge_entity),
-            ("DELETE", BASE + "/entities/{entity_id}", delete_entity),
-            ("POST", BASE + "/entities/{entity_id}/attrs", append_attrs),
-            ("PATCH", BASE + "/entities/{entity_id}/attrs", update_attrs),
-            ("PATCH", BASE + "/entities/{entity_id}/attrs/{attr}", patch_attr),
-            ("PUT", BASE + "/entities/{entity_id}/attrs/{attr}", replace_attr),
-            ("DELETE", BASE + "/entities/{entity_id}/attrs/{attr}", delete_attr),
-        ]
-    )
+    return [
+        ("POST", BASE + "/entities", create_entity),
+        ("GET", BASE + "/entities/{entity_id}", retrieve_entity),
+        ("PUT", BASE + "/entities/{entity_id}", replace_entity),
+        ("PATCH", BASE + "/entities/{entity_id}", merge_entity),
+        ("DELETE", BASE + "/entities/{entity_id}", delete_entity),
+        ("POST", BASE + "/entities/{entity_id}/attrs", append_attrs),
+        ("PATCH", BASE + "/entities/{entity_id}/attrs", update_attrs),
+        ("PATCH", BASE + "/entities/{entity_id}/attrs/{attr}", patch_attr),
+        ("PUT", BASE + "/entities/{entity_id}/attrs/{attr}", replace_attr),
+        ("DELETE", BASE + "/entities/{entity_id}/attrs/{attr}", delete_attr),
+    ]

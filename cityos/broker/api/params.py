@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -17,15 +17,49 @@ from cityos.storage.base import EntityQuery
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
-FORMATS = {"normalized": "normalized", "keyValues": "keyValues", "simplified": "keyValues",
-           "concise": "concise"}
-RENDER_PARAMS = frozenset({"attrs", "pick", "omit", "options", "format", "lang", "sysAttrs",
-                           "geometryProperty", "local", "datasetId", "contextSourceInfo", "join",
-                           "joinLevel", "containedBy", "csf", "entityMap", "via"})
-QUERY_PARAMS = RENDER_PARAMS | frozenset({
-    "id", "idPattern", "type", "q", "scopeQ", "georel", "geometry", "coordinates", "geoproperty",
-    "limit", "offset", "count",
-})
+FORMATS = {
+    "normalized": "normalized",
+    "keyValues": "keyValues",
+    "simplified": "keyValues",
+    "concise": "concise",
+}
+RENDER_PARAMS = frozenset(
+    {
+        "attrs",
+        "pick",
+        "omit",
+        "options",
+        "format",
+        "lang",
+        "sysAttrs",
+        "geometryProperty",
+        "local",
+        "datasetId",
+        "contextSourceInfo",
+        "join",
+        "joinLevel",
+        "containedBy",
+        "csf",
+        "entityMap",
+        "via",
+    }
+)
+QUERY_PARAMS = RENDER_PARAMS | frozenset(
+    {
+        "id",
+        "idPattern",
+        "type",
+        "q",
+        "scopeQ",
+        "georel",
+        "geometry",
+        "coordinates",
+        "geoproperty",
+        "limit",
+        "offset",
+        "count",
+    }
+)
 
 
 def check_known(params: QueryParams, allowed: Iterable[str]) -> None:
@@ -59,16 +93,16 @@ def options(params: QueryParams, allowed: frozenset[str]) -> set[str]:
     return opts
 
 
-def _bool(params: QueryParams, name: str) -> bool:
+def flag(params: Mapping[str, Any], name: str) -> bool:
     raw = params.get(name)
-    if raw is None:
-        return False
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
     if raw not in ("true", "false"):
         raise BadRequestData(f"{name}: must be true or false, got {raw!r}")
-    return raw == "true"
+    return bool(raw == "true")
 
 
-def _int(params: QueryParams, name: str, default: int) -> int:
+def integer(params: Mapping[str, Any], name: str, default: int) -> int:
     raw = params.get(name)
     if raw is None:
         return default
@@ -79,6 +113,13 @@ def _int(params: QueryParams, name: str, default: int) -> int:
     if value < 0:
         raise BadRequestData(f"{name}: must be a non-negative integer, got {raw!r}")
     return value
+
+
+def text(params: Mapping[str, Any], name: str) -> str | None:
+    raw = params.get(name)
+    if raw is None or isinstance(raw, str):
+        return raw
+    raise BadRequestData(f"{name}: must be a string")
 
 
 def attr_names(raw: str | None, field: str, ctx: ActiveContext) -> frozenset[str] | None:
@@ -97,9 +138,14 @@ def attr_names(raw: str | None, field: str, ctx: ActiveContext) -> frozenset[str
 
 def render_options(params: QueryParams, ctx: ActiveContext, *, query: bool) -> RenderOptions:
     """Return how the entities of a response are to be rendered."""
-    opts = options(params, frozenset({"keyValues", "simplified", "concise", "normalized",
-                                      "sysAttrs", "count"} if query else {"keyValues",
-                                      "simplified", "concise", "normalized", "sysAttrs"}))
+    opts = options(
+        params,
+        frozenset(
+            {"keyValues", "simplified", "concise", "normalized", "sysAttrs", "count"}
+            if query
+            else {"keyValues", "simplified", "concise", "normalized", "sysAttrs"}
+        ),
+    )
     fmt = "normalized"
     chosen = [o for o in opts if o in FORMATS]
     if params.get("format") is not None:
@@ -123,7 +169,7 @@ def render_options(params: QueryParams, ctx: ActiveContext, *, query: bool) -> R
         raise BadRequestData("lang: must not be empty")
     return RenderOptions(
         format=fmt,  # type: ignore[arg-type]
-        sys_attrs="sysAttrs" in opts or _bool(params, "sysAttrs"),
+        sys_attrs="sysAttrs" in opts or flag(params, "sysAttrs"),
         lang=lang,
         pick=pick,
         omit=omit,
@@ -138,49 +184,45 @@ def geometry_property(params: QueryParams, ctx: ActiveContext) -> str:
     return ctx.expand_term(raw)
 
 
-def entity_query(params: QueryParams | dict[str, Any], ctx: ActiveContext) -> EntityQuery:
+def entity_query(params: Mapping[str, Any], ctx: ActiveContext) -> EntityQuery:
     """Build the storage query of GET /entities (or the same members of a POST Query)."""
-    get = params.get
     ids: tuple[str, ...] = ()
-    if get("id") is not None:
-        ids = tuple(split_list(get("id"), "id"))
+    raw_ids = text(params, "id")
+    if raw_ids is not None:
+        ids = tuple(split_list(raw_ids, "id"))
         for i in ids:
             if not is_uri(i):
                 raise BadRequestData(f"id: {i!r} is not a valid URI")
-    id_pattern = get("idPattern")
+    id_pattern = text(params, "idPattern")
     if id_pattern is not None:
         qlang.check_regex(id_pattern, "idPattern")
-    types = typesel.parse_type_selection(get("type")) if get("type") is not None else None
-    q = qlang.parse_q(get("q")) if get("q") is not None else None
-    scope_q = qlang.parse_scope_q(get("scopeQ")) if get("scopeQ") is not None else None
+    raw_type, raw_q, raw_scope = (text(params, k) for k in ("type", "q", "scopeQ"))
     geo_q = None
     geoproperty = None
-    if any(get(k) is not None for k in ("georel", "geometry", "coordinates")):
-        gp = get("geoproperty") or "location"
+    if any(params.get(k) is not None for k in ("georel", "geometry", "coordinates")):
+        gp = text(params, "geoproperty") or "location"
         check_name(gp, "geoproperty")
-        geo_q = geo.parse_geoquery(get("georel"), get("geometry"), get("coordinates"), gp)
+        geo_q = geo.parse_geoquery(
+            text(params, "georel"), text(params, "geometry"), params.get("coordinates"), gp
+        )
         geoproperty = ctx.expand_term(gp)
-    elif get("geoproperty") is not None:
+    elif params.get("geoproperty") is not None:
         raise BadRequestData("geoproperty: given without georel, geometry and coordinates")
-    attrs = attr_names(get("attrs"), "attrs", ctx) or frozenset()
-    qp = params if isinstance(params, QueryParams) else QueryParams({})
-    limit = _int(qp, "limit", DEFAULT_LIMIT) if isinstance(params, QueryParams) else int(
-        get("limit", DEFAULT_LIMIT))
-    offset = _int(qp, "offset", 0) if isinstance(params, QueryParams) else int(get("offset", 0))
+    attrs = attr_names(text(params, "attrs"), "attrs", ctx) or frozenset()
+    limit = integer(params, "limit", DEFAULT_LIMIT)
     if limit > MAX_LIMIT:
         raise TooManyResults(f"limit: {limit} exceeds the maximum of {MAX_LIMIT}")
-    count = _bool(qp, "count") if isinstance(params, QueryParams) else bool(get("count"))
     return EntityQuery(
         ids=ids,
         id_pattern=id_pattern,
-        types=types,
-        q=q,
-        scope_q=scope_q,
+        types=typesel.parse_type_selection(raw_type) if raw_type is not None else None,
+        q=qlang.parse_q(raw_q) if raw_q is not None else None,
+        scope_q=qlang.parse_scope_q(raw_scope) if raw_scope is not None else None,
         geo=geo_q,
         geoproperty=geoproperty,
         attrs=frozenset(a for a in attrs if a not in ("id", "type")),
         expand=ctx.expand_term,
         limit=limit,
-        offset=offset,
-        count=count,
+        offset=integer(params, "offset", 0),
+        count=flag(params, "count"),
     )

@@ -43,8 +43,9 @@ async def _run(
             body["@context"] = call.ctx.source
         resp = json_response(call, body, headers=headers)
     else:
-        resp = json_response(call, [render_entity(d, call.ctx, opts) for d in docs],
-                             headers=headers)
+        resp = json_response(
+            call, [render_entity(d, call.ctx, opts) for d in docs], headers=headers
+        )
     return resp
 
 
@@ -53,13 +54,27 @@ def _query_from_body(body: Any, qp: QueryParams) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequestData("the Query must be a JSON object")
     if body.get("type") != "Query":
-        raise BadRequestData("type: a Query must have \"type\": \"Query\"")
-    allowed = {"type", "entities", "attrs", "pick", "omit", "q", "geoQ", "scopeQ", "lang",
-               "csf", "temporalQ", "@context", "local", "datasetId"}
+        raise BadRequestData('type: a Query must have "type": "Query"')
+    allowed = {
+        "type",
+        "entities",
+        "attrs",
+        "pick",
+        "omit",
+        "q",
+        "geoQ",
+        "scopeQ",
+        "lang",
+        "csf",
+        "temporalQ",
+        "@context",
+        "local",
+        "datasetId",
+    }
     for key in body:
         if key not in allowed:
             raise BadRequestData(f"{key}: not a member of the Query data type")
-    out: dict[str, Any] = {k: v for k, v in qp.items()}
+    out: dict[str, Any] = dict(qp.items())
     ents = body.get("entities")
     if ents is not None:
         if not isinstance(ents, list) or not ents or not all(isinstance(e, dict) for e in ents):
@@ -120,9 +135,9 @@ def _str(value: Any, field: str) -> str:
 
 def _limits(qp: QueryParams) -> dict[str, Any]:
     return {
-        "limit": params._int(qp, "limit", params.DEFAULT_LIMIT),
-        "offset": params._int(qp, "offset", 0),
-        "count": params._bool(qp, "count"),
+        "limit": params.integer(qp, "limit", params.DEFAULT_LIMIT),
+        "offset": params.integer(qp, "offset", 0),
+        "count": params.flag(qp, "count"),
     }
 
 
@@ -146,15 +161,28 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         merged = _query_from_body(call.body, qp)
         merged.update(_limits(qp))
         query = params.entity_query({k: v for k, v in merged.items() if v is not None}, call.ctx)
-        render_qp = QueryParams({k: v for k, v in merged.items()
-                                 if k in params.RENDER_PARAMS and isinstance(v, str)})
+        render_qp = QueryParams(
+            {k: v for k, v in merged.items() if k in params.RENDER_PARAMS and isinstance(v, str)}
+        )
         opts = params.render_options(render_qp, call.ctx, query=True)
         return await _run(broker, request, call, query, opts)
 
     async def purge_entities(request: Request) -> Response:
         qp = request.query_params
-        params.check_known(qp, ("id", "idPattern", "type", "q", "scopeQ", "georel", "geometry",
-                                "coordinates", "geoproperty"))
+        params.check_known(
+            qp,
+            (
+                "id",
+                "idPattern",
+                "type",
+                "q",
+                "scopeQ",
+                "georel",
+                "geometry",
+                "coordinates",
+                "geoproperty",
+            ),
+        )
         if qp.get("type") is None and qp.get("id") is None and qp.get("idPattern") is None:
             raise BadRequestData("type: purging entities needs at least type, id or idPattern")
         call = await begin(broker, request)

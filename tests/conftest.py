@@ -1,0 +1,48 @@
+"""Shared fixtures: a real cityos app on a temporary SQLite file, driven over HTTP in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from cityos.app import create_app
+from cityos.settings import Settings
+
+CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+LD = {"Content-Type": "application/ld+json"}
+
+
+def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
+    settings = Settings(data_dir=tmp_path, remote_contexts=False, **overrides)
+    return TestClient(create_app(settings), raise_server_exceptions=True)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(tmp_path) as c:
+        yield c
+
+
+def sensor(n: int = 1, level: float = 1.5, **extra: Any) -> dict[str, Any]:
+    """Return a water-level sensor entity near Sano's Akiyama river."""
+    return {
+        "id": f"urn:ngsi-ld:WaterLevelObserved:akiyama-{n}",
+        "type": "WaterLevelObserved",
+        "waterLevel": {
+            "type": "Property",
+            "value": level,
+            "unitCode": "MTR",
+            "observedAt": "2026-11-25T10:00:00Z",
+        },
+        "name": {"type": "Property", "value": f"秋山川 {n}"},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.5783 + n * 0.001, 36.3144]},
+        },
+        "refRiver": {"type": "Relationship", "object": "urn:ngsi-ld:River:akiyama"},
+        **extra,
+    }
