@@ -94,5 +94,45 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, access_log:
     run_server(_settings(host=host, port=port, data_dir=data_dir), access_log=access_log)
 
 
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on [env CITYOS_HOST; 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="TCP port [env CITYOS_PORT; 8000]")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
+)
+@click.option("--serve/--no-serve", default=True, help="Start the server after loading")
+def demo(host: str | None, port: int | None, data_dir: Path | None, serve: bool) -> None:
+    """Load Sano's demo river gauges and shelters, then run the server."""
+    import asyncio
+
+    from cityos.app import make_storage
+    from cityos.demo.seed import seed
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+
+    async def load() -> int:
+        store = make_storage(settings)
+        await store.start()
+        try:
+            return await seed(store)
+        finally:
+            await store.close()
+
+    n = asyncio.run(load())
+    base = f"http://{settings.host}:{settings.port}/ngsi-ld/v1"
+    click.echo(f"loaded {n} demo entities of Sano (佐野市) into {settings.sqlite_path}", err=True)
+    click.echo(f"  try: curl '{base}/entities?type=WaterObserved&options=keyValues'", err=True)
+    click.echo(
+        f"  try: curl '{base}/entities?type=PointOfInterest&georel=near;maxDistance==2000"
+        "&geometry=Point&coordinates=[139.5783,36.3144]&lang=ja'",
+        err=True,
+    )
+    if serve:
+        run_server(settings)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
