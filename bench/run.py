@@ -355,23 +355,25 @@ def report(
 ) -> str:
     """Return the Markdown report of a run (the body of bench/RESULTS.md)."""
     command = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
-    wrk = shlex.join(wrk_command("bench/wrk/<scenario>.lua", "http://127.0.0.1:PORT", args))
+    wrk = " ".join(wrk_command("bench/wrk/<scenario>.lua", "http://127.0.0.1:PORT", args))
     errors = [s.title for s in SCENARIOS if results[s.key].errors]
     verdict = f"**This run had errors** in: {'; '.join(errors)}." if errors else "No errors."
+    rate = args.entities / load_seconds
+    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"""# Benchmark results
 
 Written by `bench/run.py --write-results` (see bench/README.md); edit only the Notes section,
 which the script keeps when it rewrites this file.
 
 - Date: {started:%Y-%m-%d %H:%M %Z}
-- Machine: {machine()}
+- Machine: {machine()}; load average before the run {load_avg}
 - Code: cityos {git_revision()}
 - Command: `{command}`
 - Server: `cityos serve` (one uvicorn worker), fresh data dir, {args.entities:,} `{TYPE}`
-  entities loaded at **{args.entities / load_seconds:,.0f} entities/s** (batch upsert of
-  {LOAD_BATCH:,} per request over one connection, {load_seconds:.1f} s in requests)
-- Load generator: `BENCH_ENTITIES={args.entities} {wrk}` on the same machine, one scenario
-  after another
+  entities, loaded at **{rate:,.0f} entities/s** ({load_seconds:.1f} s in requests; batch
+  upsert of {LOAD_BATCH:,} per request over one connection)
+- Load generator, on the same machine, one scenario after another:
+  `BENCH_ENTITIES={args.entities} {wrk}`
 - Clean shutdown (SIGTERM, exit 0 within 30 s): {shutdown or "yes"}
 
 ## Scenarios

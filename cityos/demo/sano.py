@@ -21,15 +21,31 @@ GAUGES = [
 # (id suffix, name ja, name en, lon, lat, capacity, opening status)
 SHELTERS = [
     ("city-hall", "佐野市役所", "Sano City Hall", 139.5783, 36.3144, 300, "closed"),
-    ("johoku-es", "城北小学校 体育館", "Johoku Elementary School gym", 139.5821, 36.3260, 250,
-     "closed"),
+    (
+        "johoku-es",
+        "城北小学校 体育館",
+        "Johoku Elementary School gym",
+        139.5821,
+        36.3260,
+        250,
+        "closed",
+    ),
     ("tanuma-cc", "田沼公民館", "Tanuma Community Centre", 139.5617, 36.3707, 180, "closed"),
     ("kuzuu-gym", "葛生体育館", "Kuzuu Gymnasium", 139.6207, 36.4027, 220, "closed"),
 ]
 
 
-def gauge(suffix: str, river: str, name: str, lon: float, lat: float, stage: float,
-          caution: float, danger: float, observed_at: str) -> dict[str, Any]:
+def gauge(
+    suffix: str,
+    river: str,
+    name: str,
+    lon: float,
+    lat: float,
+    stage: float,
+    caution: float,
+    danger: float,
+    observed_at: str,
+) -> dict[str, Any]:
     """Return one river gauge entity."""
     status = "danger" if stage >= danger else "caution" if stage >= caution else "normal"
     return {
@@ -37,19 +53,23 @@ def gauge(suffix: str, river: str, name: str, lon: float, lat: float, stage: flo
         "type": "WaterObserved",
         "name": {"type": "Property", "value": name},
         "riverName": {"type": "Property", "value": river},
-        "waterLevel": {"type": "Property", "value": stage, "unitCode": "MTR",
-                       "observedAt": observed_at},
+        "waterLevel": {
+            "type": "Property",
+            "value": stage,
+            "unitCode": "MTR",
+            "observedAt": observed_at,
+        },
         "cautionLevel": {"type": "Property", "value": caution, "unitCode": "MTR"},
         "dangerLevel": {"type": "Property", "value": danger, "unitCode": "MTR"},
         "levelStatus": {"type": "Property", "value": status},
-        "location": {"type": "GeoProperty",
-                     "value": {"type": "Point", "coordinates": [lon, lat]}},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}},
         "scope": "/Sano/Rivers",
     }
 
 
-def shelter(suffix: str, name_ja: str, name_en: str, lon: float, lat: float, capacity: int,
-            opening: str) -> dict[str, Any]:
+def shelter(
+    suffix: str, name_ja: str, name_en: str, lon: float, lat: float, capacity: int, opening: str
+) -> dict[str, Any]:
     """Return one shelter entity."""
     return {
         "id": f"urn:ngsi-ld:PointOfInterest:sano-shelter-{suffix}",
@@ -59,8 +79,7 @@ def shelter(suffix: str, name_ja: str, name_en: str, lon: float, lat: float, cap
         "capacity": {"type": "Property", "value": capacity},
         "occupancy": {"type": "Property", "value": 0},
         "openingStatus": {"type": "Property", "value": opening},
-        "location": {"type": "GeoProperty",
-                     "value": {"type": "Point", "coordinates": [lon, lat]}},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}},
         "scope": "/Sano/Shelters",
     }
 

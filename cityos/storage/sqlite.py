@@ -26,7 +26,7 @@ from cityos.storage.base import (
     Storage,
     TypeInfo,
 )
-from cityos.storage.sqlite_writer import Writer
+from cityos.storage.sqlite_writer import Checkpointer, Writer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS kv(
     ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ns, key)
 ) WITHOUT ROWID;
 """
+
+
+def _attr_kinds(doc: Doc) -> list[tuple[str, str]]:
+    return [(name, inst["type"]) for name, insts in doc.get("attrs", {}).items() for inst in insts]
 
 
 def _dumps(doc: Doc) -> str:
@@ -86,6 +90,7 @@ class SqliteStorage(Storage):
         self.path = path
         self._sync = sync
         self._writer = Writer(self._connect_writer)
+        self._checkpointer = Checkpointer(self._open)
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="cityos-sqlite-read")
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
@@ -108,6 +113,8 @@ class SqliteStorage(Storage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._open()
         conn.execute("PRAGMA journal_mode=WAL")
+        # Checkpoints (which fsync) run on their own thread, not in the writer's commits.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.executescript(SCHEMA + attrindex.ATTR_INDEX_DDL + geoindex.GEO_DDL)
         return conn
 
@@ -121,6 +128,7 @@ class SqliteStorage(Storage):
 
     async def start(self) -> None:
         self._writer.start()
+        self._checkpointer.start()
         self._inline = self._open()
         self._inline.execute("PRAGMA query_only=1")
         rows = self._inline.execute("SELECT name FROM tenants").fetchall()
@@ -128,6 +136,7 @@ class SqliteStorage(Storage):
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.close)
         self._pool.shutdown(wait=True)
         if self._inline is not None:
             self._inline.close()
@@ -258,36 +267,51 @@ class SqliteStorage(Storage):
         return result
 
     # -- writes --------------------------------------------------------------------------
-    def _store(self, conn: sqlite3.Connection, tenant: str, rid: int | None, doc: Doc) -> int:
+    def _store(
+        self, conn: sqlite3.Connection, tenant: str, rid: int | None, doc: Doc, old: Doc | None
+    ) -> int:
         text = _dumps(doc)
-        if rid is None:
+        if rid is None or old is None:
             cur = conn.execute(
                 "INSERT INTO entities(tenant, id, doc, created_at, modified_at) VALUES(?,?,?,?,?)",
                 (tenant, doc["id"], text, doc["createdAt"], doc["modifiedAt"]),
             )
             rid = cur.lastrowid
             assert rid is not None
-        else:
-            conn.execute(
-                "UPDATE entities SET doc=?, modified_at=? WHERE rid=?",
-                (text, doc["modifiedAt"], rid),
+            self._index_types(conn, tenant, rid, doc["type"])
+            conn.executemany(
+                "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
+                [(rid, a, t) for a, t in _attr_kinds(doc)],
             )
-            self._unindex(conn, rid)
+            attrindex.insert_index(conn, rid, doc)
+            geoindex.write_geo(conn, rid, doc)
+            return rid
+        conn.execute(
+            "UPDATE entities SET doc=?, modified_at=? WHERE rid=?", (text, doc["modifiedAt"], rid)
+        )
+        # Rewrite only what changed: a PATCH of one value touches one index row.
+        if old["type"] != doc["type"]:
+            conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
+            self._index_types(conn, tenant, rid, doc["type"])
+        old_kinds, new_kinds = set(_attr_kinds(old)), _attr_kinds(doc)
+        if old_kinds != set(new_kinds):
+            conn.execute("DELETE FROM entity_attrs WHERE rid=?", (rid,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
+                [(rid, a, t) for a, t in new_kinds],
+            )
+        attrindex.update_index(conn, rid, old, doc)
+        if geoindex.geo_rows(old) != geoindex.geo_rows(doc):
+            geoindex.delete_geo(conn, rid)
+            geoindex.write_geo(conn, rid, doc)
+        return rid
+
+    @staticmethod
+    def _index_types(conn: sqlite3.Connection, tenant: str, rid: int, types: list[str]) -> None:
         conn.executemany(
             "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES(?,?,?)",
-            [(tenant, t, rid) for t in doc["type"]],
+            [(tenant, t, rid) for t in types],
         )
-        conn.executemany(
-            "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
-            [
-                (rid, name, inst["type"])
-                for name, insts in doc.get("attrs", {}).items()
-                for inst in insts
-            ],
-        )
-        attrindex.insert_index(conn, rid, doc)
-        geoindex.write_geo(conn, rid, doc)
-        return rid
 
     def _unindex(self, conn: sqlite3.Connection, rid: int) -> None:
         conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
@@ -318,7 +342,7 @@ class SqliteStorage(Storage):
                         self._delete(conn, row[0])
                     outcome = Outcome(m.entity_id, deleted=row is not None)
                 else:
-                    self._store(conn, tenant, row[0] if row else None, new)
+                    self._store(conn, tenant, row[0] if row else None, new, current)
                     outcome = Outcome(m.entity_id, created=row is None, doc=new)
             except NgsiError as exc:
                 conn.execute("ROLLBACK TO m")

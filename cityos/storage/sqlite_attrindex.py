@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, Final
 
@@ -140,11 +140,12 @@ def _instance_rows(rid: int, path: str, inst: Instance, rows: dict[Row, None]) -
             _instance_rows(rid, path + PATH_SEP + key, sub_inst, rows)
 
 
-def index_rows(rid: int, doc: Doc) -> list[Row]:
-    """Return the attr_index rows ``(rid, path, t, v, j)`` of one stored document."""
+def index_rows(rid: int, doc: Doc, names: Iterable[str] | None = None) -> list[Row]:
+    """Return the attr_index rows ``(rid, path, t, v, j)`` of a document (or of some attributes)."""
     rows: dict[Row, None] = {}  # a dict keeps first-seen order and drops duplicates
-    for name, insts in doc.get("attrs", {}).items():
-        for inst in insts:
+    attrs = doc.get("attrs", {})
+    for name in attrs if names is None else names:
+        for inst in attrs.get(name, ()):
             _instance_rows(rid, name, inst, rows)
     return list(rows)
 
@@ -413,3 +414,35 @@ def compile_type_selection(
         return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
 
     return walk(expr), params
+
+
+_DELETE_ROW: Final = (
+    "DELETE FROM attr_index WHERE rid=? AND pid=(SELECT pid FROM attr_paths WHERE path=?) "
+    "AND t=? AND v IS ? AND j IS ?"
+)
+
+
+def update_index(conn: sqlite3.Connection, rid: int, old: Doc, new: Doc) -> None:
+    """Rewrite only the index rows that differ between two versions of a document."""
+    old_attrs, new_attrs = old.get("attrs", {}), new.get("attrs", {})
+    changed = [
+        n for n in old_attrs.keys() | new_attrs.keys() if old_attrs.get(n) != new_attrs.get(n)
+    ]
+    if not changed:
+        return
+    before = index_rows(rid, old, changed)
+    after = index_rows(rid, new, changed)
+    before_set = set(before)
+    after_set = set(after)
+    gone = [r for r in before if r not in after_set]
+    added = [r for r in after if r not in before_set]
+    if gone:
+        conn.executemany(_DELETE_ROW, gone)
+    if added:
+        conn.executemany(
+            "INSERT OR IGNORE INTO attr_paths(path) VALUES(?)",
+            [(p,) for p in {r[1] for r in added}],
+        )
+        conn.executemany(
+            f"INSERT INTO attr_index(rid, pid, t, v, j) VALUES(?, {_PID}, ?, ?, ?)", added
+        )

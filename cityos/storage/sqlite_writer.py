@@ -137,3 +137,44 @@ class Writer:
 def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, res, err in items:
         _resolve(fut, res, err)
+
+
+class Checkpointer:
+    """Copy the WAL back into the database file on a thread of its own.
+
+    The writer runs with automatic checkpoints off, so the fsyncs of a checkpoint never
+    stall a group commit. PASSIVE checkpoints never block the writer or readers; the last
+    one, at close, truncates the WAL.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], interval: float = 0.5) -> None:
+        self._connect = connect
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="cityos-sqlite-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start checkpointing in the background."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop, after a final checkpoint that empties the WAL."""
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.exception("WAL checkpoint failed; will retry")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                log.exception("final WAL checkpoint failed; the WAL will be replayed at start")
+        finally:
+            conn.close()

@@ -116,8 +116,7 @@ async def begin(
         allowed = {media.JSON, media.LD_JSON} | ({media.MERGE_PATCH} if merge_patch else set())
         if ctype not in allowed:
             raise UnsupportedMediaType(
-                f"Content-Type: {ctype or 'missing'}; "
-                f"expected one of {', '.join(sorted(allowed))}"
+                f"Content-Type: {ctype or 'missing'}; expected one of {', '.join(sorted(allowed))}"
             )
         payload = parse_json(await read_body(request, broker.settings.max_body))
     context_value: Any = links[0] if links else _EMPTY
