@@ -352,6 +352,7 @@ def report(
     load_seconds: float,
     results: dict[str, Result],
     shutdown: str,
+    load_avg: str,
 ) -> str:
     """Return the Markdown report of a run (the body of bench/RESULTS.md)."""
     command = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
@@ -359,14 +360,13 @@ def report(
     errors = [s.title for s in SCENARIOS if results[s.key].errors]
     verdict = f"**This run had errors** in: {'; '.join(errors)}." if errors else "No errors."
     rate = args.entities / load_seconds
-    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"""# Benchmark results
 
 Written by `bench/run.py --write-results` (see bench/README.md); edit only the Notes section,
 which the script keeps when it rewrites this file.
 
 - Date: {started:%Y-%m-%d %H:%M %Z}
-- Machine: {machine()}; load average before the run {load_avg}
+- Machine: {machine()}; load average (1/5/15 min) before the run {load_avg}
 - Code: cityos {git_revision()}
 - Command: `{command}`
 - Server: `cityos serve` (one uvicorn worker), fresh data dir, {args.entities:,} `{TYPE}`
@@ -402,6 +402,7 @@ def main() -> int:
     if args.entities < 1000:
         ap.error("--entities must be at least 1000")
     started = dt.datetime.now().astimezone()
+    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())  # shows a machine already busy
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     results: dict[str, Result] = {}
@@ -424,7 +425,7 @@ def main() -> int:
             shutdown = stop_server(proc)
             if shutdown:
                 print(f"{shutdown}:\n{log_tail(log)}", file=sys.stderr)
-    text = report(args, started, load_seconds, results, shutdown)
+    text = report(args, started, load_seconds, results, shutdown, load_avg)
     print(f"\n{text}")
     if args.write_results:
         write_results(text)

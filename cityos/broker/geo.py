@@ -192,7 +192,7 @@ def geometry_bbox(geometry: dict[str, Any]) -> tuple[float, float, float, float]
 # -- distances ---------------------------------------------------------------------------
 
 
-def _radii(lat: float) -> tuple[float, float]:
+def meters_per_degree(lat: float) -> tuple[float, float]:
     """Return meters per degree of (longitude, latitude) at a latitude on WGS84."""
     s = math.sin(math.radians(lat))
     w = 1 - _E2 * s * s
@@ -205,7 +205,7 @@ def point_distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> floa
     """Return the distance in meters between two WGS84 positions."""
     dlon = (lon2 - lon1 + 180.0) % 360.0 - 180.0
     dlat = lat2 - lat1
-    kx, ky = _radii((lat1 + lat2) / 2)
+    kx, ky = meters_per_degree((lat1 + lat2) / 2)
     flat = math.hypot(dlon * kx, dlat * ky)
     if flat <= _FLAT_LIMIT_M:
         return flat
@@ -259,7 +259,7 @@ class GeoQuery:
         """Return the local projection: (lon0, lat0, meters/deg lon, meters/deg lat)."""
         minx, miny, maxx, maxy = geometry_bbox(self.reference)
         lon0, lat0 = (minx + maxx) / 2, (miny + maxy) / 2
-        kx, ky = _radii(lat0)
+        kx, ky = meters_per_degree(lat0)
         return lon0, lat0, kx, ky
 
     @cached_property

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from functools import lru_cache
 from typing import Final, NoReturn
 
 from cityos.broker.errors import BadRequestData
@@ -164,6 +165,7 @@ _ESCAPES: Final = {
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
 
 
+@lru_cache(maxsize=8192)  # sensors send the same few timestamps over and over
 def canonical_datetime(text: str) -> str | None:
     """Return an ISO DateTime as UTC with microseconds (sortable as text), or None if invalid."""
     body = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text

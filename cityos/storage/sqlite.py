@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS kv(
 """
 
 
+def _near_radii(max_distance: float | None) -> list[float | None]:
+    """Return the growing search radii of a near query, ending with its maxDistance."""
+    if max_distance is None:
+        return [None]
+    radii: list[float | None] = []
+    r = max_distance / 64
+    while r < max_distance and r >= 25.0:
+        radii.append(r)
+        r *= 4
+    return [*radii, max_distance]
+
+
 def _attr_kinds(doc: Doc) -> list[tuple[str, str]]:
     return [(name, inst["type"]) for name, insts in doc.get("attrs", {}).items() for inst in insts]
 
@@ -89,11 +102,15 @@ class SqliteStorage(Storage):
     def __init__(self, path: Path, *, sync: str = "NORMAL", query_threads: int = 4) -> None:
         self.path = path
         self._sync = sync
-        self._writer = Writer(self._connect_writer)
+        self._paths = attrindex.PathIds()  # used by the writer thread only
+        self._writer = Writer(self._connect_writer, on_rollback=self._paths.forget)
         self._checkpointer = Checkpointer(self._open)
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="cityos-sqlite-read")
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
+        import os
+
+        self._inline_queries = os.environ.get("X_INLINE") == "1"
         self._tenants: set[str] = {""}
 
     # -- connections ---------------------------------------------------------------------
@@ -142,6 +159,8 @@ class SqliteStorage(Storage):
             self._inline.close()
 
     async def _read(self, fn: Any, *args: Any) -> Any:
+        if self._inline_queries:
+            return fn(self._inline, *args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._reader(), *args))
 
@@ -194,31 +213,61 @@ class SqliteStorage(Storage):
         return " AND ".join(clauses), params
 
     def _query_sync(self, conn: sqlite3.Connection, tenant: str, query: EntityQuery) -> QueryResult:
-        where, params = self._where(tenant, query)
-        with geoindex.query_scope(query.geo) as geo_params:
-            params = [geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
+        with geoindex.query_scope(query.geo) as handles:
             count: int | None = None
             if query.count:
+                where, params = self._bound(tenant, query, handles)
                 sql = f"SELECT count(*) FROM entities e WHERE {where}"
                 count = conn.execute(sql, params).fetchone()[0]
             docs: list[Doc] = []
-            order, order_params = "e.rid", []
-            if query.geo is not None and query.geo.georel == "near":
-                dist = geoindex.compile_distance(query.geo, query.geoproperty or "")
-                if dist is not None:
-                    # near: nearest first, as users of a map expect
-                    order = f"{dist[0]}, e.rid"
-                    order_params = [
-                        geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p
-                        for p in dist[1]
-                    ]
             if query.limit > 0:
-                rows = conn.execute(
-                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                    [*params, *order_params, query.limit, query.offset],
-                ).fetchall()
-                docs = [orjson.loads(r[0]) for r in rows]
+                docs = [orjson.loads(t) for t in self._page(conn, tenant, query, handles)]
         return QueryResult(docs, count)
+
+    def _bound(
+        self, tenant: str, query: EntityQuery, handles: dict[geoindex.Handle, int]
+    ) -> tuple[str, list[Any]]:
+        where, params = self._where(tenant, query)
+        return where, [handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
+
+    def _page(
+        self,
+        conn: sqlite3.Connection,
+        tenant: str,
+        query: EntityQuery,
+        handles: dict[geoindex.Handle, int],
+    ) -> list[str]:
+        geo = query.geo
+        dist = None
+        if geo is not None and geo.georel == "near":
+            dist = geoindex.compile_distance(geo, query.geoproperty or "")
+        if dist is None or geo is None:
+            where, params = self._bound(tenant, query, handles)
+            return [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.rid LIMIT ? OFFSET ?",
+                    [*params, query.limit, query.offset],
+                )
+            ]
+        # near: nearest first, as map users expect. Ordering every candidate within
+        # maxDistance is slow in dense areas, so search growing circles: once a circle
+        # holds offset+limit matches, nothing outside it can be nearer.
+        need = query.offset + query.limit
+        for radius in _near_radii(geo.max_distance):
+            step = replace(query, geo=replace(geo, max_distance=radius)) if radius else query
+            with geoindex.query_scope(step.geo) as step_handles:
+                where, params = self._bound(tenant, step, step_handles)
+                order_params = [
+                    step_handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in dist[1]
+                ]
+                rows = conn.execute(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {dist[0]}, e.rid LIMIT ?",
+                    [*params, *order_params, need],
+                ).fetchall()
+            if len(rows) >= need or radius is None or radius == geo.max_distance:
+                break
+        return [r[0] for r in rows[query.offset :]]
 
     async def query(self, tenant: str, query: EntityQuery) -> QueryResult:
         result: QueryResult = await self._read(self._query_sync, tenant, query)
@@ -283,7 +332,7 @@ class SqliteStorage(Storage):
                 "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
                 [(rid, a, t) for a, t in _attr_kinds(doc)],
             )
-            attrindex.insert_index(conn, rid, doc)
+            attrindex.insert_index(conn, rid, doc, self._paths)
             geoindex.write_geo(conn, rid, doc)
             return rid
         conn.execute(
@@ -300,7 +349,7 @@ class SqliteStorage(Storage):
                 "INSERT OR IGNORE INTO entity_attrs(rid, attr, atype) VALUES(?,?,?)",
                 [(rid, a, t) for a, t in new_kinds],
             )
-        attrindex.update_index(conn, rid, old, doc)
+        attrindex.update_index(conn, rid, old, doc, self._paths)
         if geoindex.geo_rows(old) != geoindex.geo_rows(doc):
             geoindex.delete_geo(conn, rid)
             geoindex.write_geo(conn, rid, doc)
@@ -346,9 +395,11 @@ class SqliteStorage(Storage):
                     outcome = Outcome(m.entity_id, created=row is None, doc=new)
             except NgsiError as exc:
                 conn.execute("ROLLBACK TO m")
+                self._paths.forget()
                 outcome = Outcome(m.entity_id, error=exc)
             except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
                 conn.execute("ROLLBACK TO m")
+                self._paths.forget()
                 outcome = Outcome(m.entity_id, error=InternalError(f"storage error: {exc}"))
             conn.execute("RELEASE m")
             outcomes.append(outcome)

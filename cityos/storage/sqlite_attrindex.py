@@ -150,15 +150,50 @@ def index_rows(rid: int, doc: Doc, names: Iterable[str] | None = None) -> list[R
     return list(rows)
 
 
-def insert_index(conn: sqlite3.Connection, rid: int, doc: Doc) -> None:
+class PathIds:
+    """The writer's cache of interned attribute paths (path -> attr_paths.pid).
+
+    A pid inserted inside a transaction that later rolls back no longer exists, so the owner
+    calls forget() after every rollback.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def ids(self, conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, int]:
+        """Return the pid of every path, interning the new ones."""
+        known = self._ids
+        missing = [p for p in set(paths) if p not in known]
+        if missing:
+            conn.executemany(
+                "INSERT OR IGNORE INTO attr_paths(path) VALUES(?)", [(p,) for p in missing]
+            )
+            for p in missing:
+                known[p] = conn.execute("SELECT pid FROM attr_paths WHERE path=?", (p,)).fetchone()[
+                    0
+                ]
+        return known
+
+    def forget(self) -> None:
+        """Drop the cache (after a rollback)."""
+        self._ids.clear()
+
+
+def _with_pids(conn: sqlite3.Connection, rows: list[Row], paths: PathIds) -> list[tuple[Any, ...]]:
+    pids = paths.ids(conn, (r[1] for r in rows))
+    return [(rid, pids[path], t, v, j) for rid, path, t, v, j in rows]
+
+
+def insert_index(
+    conn: sqlite3.Connection, rid: int, doc: Doc, paths: PathIds | None = None
+) -> None:
     """Write the index rows of a stored document (call delete_index first on rewrite)."""
     rows = index_rows(rid, doc)
-    if not rows:
-        return
-    conn.executemany(
-        "INSERT OR IGNORE INTO attr_paths(path) VALUES(?)", [(p,) for p in {r[1] for r in rows}]
-    )
-    conn.executemany(f"INSERT INTO attr_index(rid, pid, t, v, j) VALUES(?, {_PID}, ?, ?, ?)", rows)
+    if rows:
+        conn.executemany(
+            "INSERT INTO attr_index(rid, pid, t, v, j) VALUES(?, ?, ?, ?, ?)",
+            _with_pids(conn, rows, paths or PathIds()),
+        )
 
 
 def delete_index(conn: sqlite3.Connection, rid: int) -> None:
@@ -416,19 +451,21 @@ def compile_type_selection(
     return walk(expr), params
 
 
-_DELETE_ROW: Final = (
-    "DELETE FROM attr_index WHERE rid=? AND pid=(SELECT pid FROM attr_paths WHERE path=?) "
-    "AND t=? AND v IS ? AND j IS ?"
-)
-
-
-def update_index(conn: sqlite3.Connection, rid: int, old: Doc, new: Doc) -> None:
+def update_index(
+    conn: sqlite3.Connection, rid: int, old: Doc, new: Doc, paths: PathIds | None = None
+) -> None:
     """Rewrite only the index rows that differ between two versions of a document."""
+    paths = paths or PathIds()
     old_attrs, new_attrs = old.get("attrs", {}), new.get("attrs", {})
     changed = [
         n for n in old_attrs.keys() | new_attrs.keys() if old_attrs.get(n) != new_attrs.get(n)
     ]
     if not changed:
+        return
+    if len(changed) > 2:
+        # a whole-entity rewrite: one DELETE by rid beats many row deletes
+        delete_index(conn, rid)
+        insert_index(conn, rid, new, paths)
         return
     before = index_rows(rid, old, changed)
     after = index_rows(rid, new, changed)
@@ -437,12 +474,12 @@ def update_index(conn: sqlite3.Connection, rid: int, old: Doc, new: Doc) -> None
     gone = [r for r in before if r not in after_set]
     added = [r for r in after if r not in before_set]
     if gone:
-        conn.executemany(_DELETE_ROW, gone)
+        conn.executemany(
+            "DELETE FROM attr_index WHERE rid=? AND pid=? AND t=? AND v IS ? AND j IS ?",
+            _with_pids(conn, gone, paths),
+        )
     if added:
         conn.executemany(
-            "INSERT OR IGNORE INTO attr_paths(path) VALUES(?)",
-            [(p,) for p in {r[1] for r in added}],
-        )
-        conn.executemany(
-            f"INSERT INTO attr_index(rid, pid, t, v, j) VALUES(?, {_PID}, ?, ?, ?)", added
+            "INSERT INTO attr_index(rid, pid, t, v, j) VALUES(?, ?, ?, ?, ?)",
+            _with_pids(conn, added, paths),
         )

@@ -44,8 +44,13 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
 class Writer:
     """Serialise all writes to one SQLite connection with group commit."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        on_rollback: Callable[[], None] = lambda: None,
+    ) -> None:
         self._connect = connect
+        self._on_rollback = on_rollback
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cityos-sqlite-writer", daemon=True)
         self._started = threading.Event()
@@ -115,6 +120,7 @@ class Writer:
                 except Exception as exc:  # noqa: BLE001  (the job's error goes to its caller)
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    self._on_rollback()
                     results.append((None, exc))
                 else:
                     conn.execute("RELEASE job")
@@ -124,6 +130,7 @@ class Writer:
             log.exception("group commit failed; %d writes rolled back", len(group))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._on_rollback()
             results = [(None, exc) for _ in group]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for p, (res, err) in zip(group, results, strict=True):

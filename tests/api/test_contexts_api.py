@@ -12,13 +12,19 @@ from test_entities_api import problem
 
 C = "/ngsi-ld/v1/jsonldContexts"
 E = "/ngsi-ld/v1/entities"
-SANO = {"@context": {"sano": "https://data.city.sano.tochigi.jp/ns#",
-                     "waterLevel": "sano:waterLevel", "WaterLevelObserved": "sano:WLO"}}
+SANO = {
+    "@context": {
+        "sano": "https://data.city.sano.tochigi.jp/ns#",
+        "waterLevel": "sano:waterLevel",
+        "WaterLevelObserved": "sano:WLO",
+    }
+}
 
 
 def link(url: str) -> dict[str, str]:
-    return {"Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; '
-                    'type="application/ld+json"'}
+    return {
+        "Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    }
 
 
 @pytest.mark.parametrize(
@@ -74,8 +80,9 @@ def test_bad_context_documents(client: TestClient) -> None:
 
 
 def test_null_context_is_rejected(client: TestClient) -> None:
-    r = client.post(E, json={**sensor(), "@context": None},
-                    headers={"Content-Type": "application/ld+json"})
+    r = client.post(
+        E, json={**sensor(), "@context": None}, headers={"Content-Type": "application/ld+json"}
+    )
     problem(r, 400, "BadRequestData")
 
 

@@ -21,9 +21,17 @@ def test_demo_loads_sano_and_is_idempotent(tmp_path: Path) -> None:
     with make_client(tmp_path) as c:
         gauges = c.get(E, params={"type": "WaterObserved", "count": "true"})
         assert gauges.headers["NGSILD-Results-Count"] == "5"
-        near = c.get(E, params={
-            "type": "PointOfInterest", "georel": "near;maxDistance==2000", "geometry": "Point",
-            "coordinates": "[139.5783,36.3144]", "lang": "ja", "options": "keyValues"})
+        near = c.get(
+            E,
+            params={
+                "type": "PointOfInterest",
+                "georel": "near;maxDistance==2000",
+                "geometry": "Point",
+                "coordinates": "[139.5783,36.3144]",
+                "lang": "ja",
+                "options": "keyValues",
+            },
+        )
         names = [e["name"] for e in near.json()]
         assert names[0] == "佐野市役所"
         assert "城北小学校 体育館" in names
