@@ -108,9 +108,6 @@ class SqliteStorage(Storage):
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="cityos-sqlite-read")
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
-        import os
-
-        self._inline_queries = os.environ.get("X_INLINE") == "1"
         self._tenants: set[str] = {""}
 
     # -- connections ---------------------------------------------------------------------
@@ -159,8 +156,6 @@ class SqliteStorage(Storage):
             self._inline.close()
 
     async def _read(self, fn: Any, *args: Any) -> Any:
-        if self._inline_queries:
-            return fn(self._inline, *args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._reader(), *args))
 
