@@ -29,6 +29,9 @@ from cityos.storage.base import (
 )
 from cityos.storage.sqlite_writer import Checkpointer, Writer
 
+#: bumped whenever the schema changes; an older database file is refused with a clear message
+SCHEMA_VERSION = 1
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entities(
@@ -36,6 +39,7 @@ CREATE TABLE IF NOT EXISTS entities(
     tenant TEXT NOT NULL,
     id TEXT NOT NULL,
     doc TEXT NOT NULL,
+    type1 TEXT NOT NULL,  -- the first type: most entities have one, checked without a join
     created_at TEXT NOT NULL,
     modified_at TEXT NOT NULL,
     UNIQUE(tenant, id)
@@ -58,12 +62,16 @@ CREATE TABLE IF NOT EXISTS kv(
 """
 
 
+class SchemaError(RuntimeError):
+    """The database file was made by an incompatible version of cityos."""
+
+
 def _near_radii(max_distance: float | None) -> list[float | None]:
     """Return the growing search radii of a near query, ending with its maxDistance."""
     if max_distance is None:
         return [None]
     radii: list[float | None] = []
-    r = max_distance / 64
+    r = max_distance / 16
     while r < max_distance and r >= 25.0:
         radii.append(r)
         r *= 4
@@ -129,7 +137,19 @@ class SqliteStorage(Storage):
         conn.execute("PRAGMA journal_mode=WAL")
         # Checkpoints (which fsync) run on their own thread, not in the writer's commits.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        existing = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='entities'"
+        ).fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if existing and version != SCHEMA_VERSION:
+            conn.close()
+            raise SchemaError(
+                f"{self.path} was written by a cityos with storage schema {version}; this "
+                f"version uses schema {SCHEMA_VERSION}. Export the data with the older cityos "
+                "or start with an empty data directory."
+            )
         conn.executescript(SCHEMA + attrindex.ATTR_INDEX_DDL + geoindex.GEO_DDL)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -208,6 +228,16 @@ class SqliteStorage(Storage):
         return " AND ".join(clauses), params
 
     def _query_sync(self, conn: sqlite3.Connection, tenant: str, query: EntityQuery) -> QueryResult:
+        # one read transaction: the count and the page see the same snapshot
+        conn.execute("BEGIN")
+        try:
+            return self._query_snapshot(conn, tenant, query)
+        finally:
+            conn.execute("COMMIT")
+
+    def _query_snapshot(
+        self, conn: sqlite3.Connection, tenant: str, query: EntityQuery
+    ) -> QueryResult:
         with geoindex.query_scope(query.geo) as handles:
             count: int | None = None
             if query.count:
@@ -256,13 +286,26 @@ class SqliteStorage(Storage):
                 order_params = [
                     step_handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in dist[1]
                 ]
-                rows = conn.execute(
-                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {dist[0]}, e.rid LIMIT ?",
-                    [*params, *order_params, need],
-                ).fetchall()
-            if len(rows) >= need or radius is None or radius == geo.max_distance:
+                # sort rids only; the documents of the page are read afterwards
+                rids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT e.rid FROM entities e WHERE {where} "
+                        f"ORDER BY {dist[0]}, e.rid LIMIT ?",
+                        [*params, *order_params, need],
+                    )
+                ]
+            if len(rids) >= need or radius is None or radius == geo.max_distance:
                 break
-        return [r[0] for r in rows[query.offset :]]
+        page = rids[query.offset :]
+        if not page:
+            return []
+        docs = dict(
+            conn.execute(
+                f"SELECT rid, doc FROM entities WHERE rid IN ({','.join('?' * len(page))})", page
+            ).fetchall()
+        )
+        return [docs[r] for r in page]
 
     async def query(self, tenant: str, query: EntityQuery) -> QueryResult:
         result: QueryResult = await self._read(self._query_sync, tenant, query)
@@ -317,8 +360,9 @@ class SqliteStorage(Storage):
         text = _dumps(doc)
         if rid is None or old is None:
             cur = conn.execute(
-                "INSERT INTO entities(tenant, id, doc, created_at, modified_at) VALUES(?,?,?,?,?)",
-                (tenant, doc["id"], text, doc["createdAt"], doc["modifiedAt"]),
+                "INSERT INTO entities(tenant, id, doc, type1, created_at, modified_at) "
+                "VALUES(?,?,?,?,?,?)",
+                (tenant, doc["id"], text, doc["type"][0], doc["createdAt"], doc["modifiedAt"]),
             )
             rid = cur.lastrowid
             assert rid is not None
@@ -335,6 +379,7 @@ class SqliteStorage(Storage):
         )
         # Rewrite only what changed: a PATCH of one value touches one index row.
         if old["type"] != doc["type"]:
+            conn.execute("UPDATE entities SET type1=? WHERE rid=?", (doc["type"][0], rid))
             conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
             self._index_types(conn, tenant, rid, doc["type"])
         old_kinds, new_kinds = set(_attr_kinds(old)), _attr_kinds(doc)

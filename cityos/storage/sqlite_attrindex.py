@@ -429,10 +429,12 @@ def compile_type_selection(
     def names_cond(names: list[str]) -> str:
         marks = ",".join("?" * len(names))
         if tenant is None:
+            # e.type1 answers for the many entities with one type without a lookup
+            params.extend(names)
             params.extend(names)
             return (
-                "EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=e.tenant "
-                f"AND t.type IN ({marks}) AND t.rid=e.rid)"
+                f"(e.type1 IN ({marks}) OR EXISTS (SELECT 1 FROM entity_types t "
+                f"WHERE t.tenant=e.tenant AND t.type IN ({marks}) AND t.rid=e.rid))"
             )
         params.append(tenant)
         params.extend(names)

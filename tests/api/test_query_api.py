@@ -294,3 +294,20 @@ def test_discovery(river: TestClient) -> None:
     loc = next(x for x in detailed if x["attributeName"] == "location")
     assert set(loc["typeNames"]) == {"Shelter", "WaterLevelObserved"}
     problem(river.get("/ngsi-ld/v1/attributes/nothing"), 404, "ResourceNotFound")
+
+
+def test_entities_with_several_types(client: TestClient) -> None:
+    e = sensor(1)
+    e["type"] = ["Device", "WaterLevelObserved"]
+    assert client.post(E, json=e).status_code == 201
+    client.post(E, json=sensor(2))
+    assert ids(client.get(E, params={"type": "WaterLevelObserved"})) == n_ids(1, 2)
+    assert ids(client.get(E, params={"type": "Device"})) == n_ids(1)
+    assert ids(client.get(E, params={"type": "Device;WaterLevelObserved"})) == n_ids(1)
+    assert ids(client.get(E, params={"type": "(Device;Shelter)|WaterLevelObserved"})) == n_ids(1, 2)
+    # a merge that adds a type makes the entity match it
+    r = client.patch(f"{E}/{n_ids(2)[0]}", json={"type": "Device"})
+    assert r.status_code == 204
+    assert ids(client.get(E, params={"type": "Device"})) == n_ids(1, 2)
+    got = client.get(f"{E}/{n_ids(2)[0]}").json()
+    assert got["type"] == ["WaterLevelObserved", "Device"]

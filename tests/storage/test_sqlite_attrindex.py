@@ -29,7 +29,8 @@ V = "https://example.org/"
 NOW = "2026-01-01T00:00:00.000000Z"
 TABLES = """
 CREATE TABLE entities(rid INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL,
-    doc TEXT NOT NULL, created_at TEXT NOT NULL, modified_at TEXT NOT NULL, UNIQUE(tenant, id));
+    doc TEXT NOT NULL, type1 TEXT NOT NULL, created_at TEXT NOT NULL,
+    modified_at TEXT NOT NULL, UNIQUE(tenant, id));
 CREATE TABLE entity_types(tenant TEXT, type TEXT, rid INTEGER,
     PRIMARY KEY(tenant, type, rid)) WITHOUT ROWID;
 """
@@ -137,8 +138,8 @@ def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 def store(conn: sqlite3.Connection, tenant: str, doc: dict[str, Any]) -> int:
     cur = conn.execute(
-        "INSERT INTO entities(tenant, id, doc, created_at, modified_at) VALUES(?,?,?,?,?)",
-        (tenant, doc["id"], orjson.dumps(doc).decode(), NOW, NOW),
+        "INSERT INTO entities(tenant, id, doc, type1, created_at, modified_at) VALUES(?,?,?,?,?,?)",
+        (tenant, doc["id"], orjson.dumps(doc).decode(), doc["type"][0], NOW, NOW),
     )
     rid = cur.lastrowid
     assert rid is not None

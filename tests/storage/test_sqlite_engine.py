@@ -106,3 +106,22 @@ def test_close_commits_every_acknowledged_write(tmp_path: Path) -> None:
     asyncio.run(write_then_close())
     assert asyncio.run(count()) == 300
     assert not (tmp_path / "t.db-wal").exists() or (tmp_path / "t.db-wal").stat().st_size == 0
+
+
+def test_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cityos.storage.sqlite import SchemaError
+
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE entities(rid INTEGER PRIMARY KEY, doc TEXT)")
+    conn.execute("PRAGMA user_version=0")
+    conn.commit()
+    conn.close()
+
+    async def run() -> None:
+        st = SqliteStorage(tmp_path / "old.db")
+        await st.start()
+
+    with pytest.raises(SchemaError, match="schema 0"):
+        asyncio.run(run())
