@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import re
 import sqlite3
 import threading
@@ -80,6 +82,9 @@ def _near_radii(max_distance: float | None) -> list[float | None]:
 
 def _attr_kinds(doc: Doc) -> list[tuple[str, str]]:
     return [(name, inst["type"]) for name, insts in doc.get("attrs", {}).items() for inst in insts]
+
+
+log = logging.getLogger("cityos.storage")
 
 
 def _dumps(doc: Doc) -> str:
@@ -412,43 +417,38 @@ class SqliteStorage(Storage):
         self._unindex(conn, rid)
         conn.execute("DELETE FROM entities WHERE rid=?", (rid,))
 
-    def _apply_sync(
-        self, conn: sqlite3.Connection, tenant: str, mutations: Sequence[Mutation]
-    ) -> list[Outcome]:
+    def _mutate(self, conn: sqlite3.Connection, tenant: str, m: Mutation) -> Outcome:
+        """Apply one mutation (run by the writer, inside the job's savepoint)."""
         if tenant not in self._tenants:
             conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES(?)", (tenant,))
-        outcomes: list[Outcome] = []
-        for m in mutations:
-            conn.execute("SAVEPOINT m")
-            try:
-                row = conn.execute(
-                    "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, m.entity_id)
-                ).fetchone()
-                current = orjson.loads(row[1]) if row else None
-                new = m.fn(current)
-                if new is None:
-                    if row is not None:
-                        self._delete(conn, row[0])
-                    outcome = Outcome(m.entity_id, deleted=row is not None)
-                else:
-                    self._store(conn, tenant, row[0] if row else None, new, current)
-                    outcome = Outcome(m.entity_id, created=row is None, doc=new)
-            except NgsiError as exc:
-                conn.execute("ROLLBACK TO m")
-                self._paths.forget()
-                outcome = Outcome(m.entity_id, error=exc)
-            except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
-                conn.execute("ROLLBACK TO m")
-                self._paths.forget()
-                outcome = Outcome(m.entity_id, error=InternalError(f"storage error: {exc}"))
-            conn.execute("RELEASE m")
-            outcomes.append(outcome)
-        return outcomes
+        row = conn.execute(
+            "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, m.entity_id)
+        ).fetchone()
+        current = orjson.loads(row[1]) if row else None
+        new = m.fn(current)
+        if new is None:
+            if row is not None:
+                self._delete(conn, row[0])
+            return Outcome(m.entity_id, deleted=row is not None)
+        self._store(conn, tenant, row[0] if row else None, new, current)
+        return Outcome(m.entity_id, created=row is None, doc=new)
 
     async def apply(self, tenant: str, mutations: Sequence[Mutation]) -> list[Outcome]:
-        outcomes: list[Outcome] = await self._writer.submit(
-            lambda conn: self._apply_sync(conn, tenant, mutations)
-        )
+        # One job per mutation, all queued at once: they share group commits, and each
+        # runs in its own savepoint, so a failing one leaves the others and no trace.
+        futures = [
+            self._writer.enqueue(functools.partial(self._mutate, tenant=tenant, m=m))
+            for m in mutations
+        ]
+        outcomes: list[Outcome] = []
+        for m, fut in zip(mutations, futures, strict=True):
+            try:
+                outcomes.append(await fut)
+            except NgsiError as exc:
+                outcomes.append(Outcome(m.entity_id, error=exc))
+            except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                log.exception("write of %s failed", m.entity_id)
+                outcomes.append(Outcome(m.entity_id, error=InternalError(f"storage error: {exc}")))
         if any(o.ok for o in outcomes):
             self._tenants.add(tenant)
         return outcomes

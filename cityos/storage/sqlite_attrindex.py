@@ -464,11 +464,6 @@ def update_index(
     ]
     if not changed:
         return
-    if len(changed) > 2:
-        # a whole-entity rewrite: one DELETE by rid beats many row deletes
-        delete_index(conn, rid)
-        insert_index(conn, rid, new, paths)
-        return
     before = index_rows(rid, old, changed)
     after = index_rows(rid, new, changed)
     before_set = set(before)

@@ -4,6 +4,10 @@ Every write in cityos is a job: a function run against the writer's connection. 
 takes whatever jobs are queued (up to a bound), runs each inside its own SAVEPOINT so one
 failing job leaves no trace, commits the group once, and only then resolves the callers'
 futures: a write is acknowledged only after its transaction is committed.
+
+Jobs must not open savepoints of their own: in SQLite a nested savepoint makes every write
+inside it several times slower (measured: 20,000 entity inserts took 15.8 s instead of 3.2 s).
+A batch of entities is therefore queued as one job per entity.
 """
 
 from __future__ import annotations
@@ -64,14 +68,18 @@ class Writer:
         if self._start_error is not None:
             raise self._start_error
 
-    async def submit(self, job: Job) -> Any:
-        """Run a job in the next group; return its result once committed."""
+    def enqueue(self, job: Job) -> asyncio.Future[Any]:
+        """Queue a job for the next group; the future resolves once it is committed."""
         if self._closed:
             raise RuntimeError("storage is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.put(_Pending(job, loop, fut))
-        return await fut
+        return fut
+
+    async def submit(self, job: Job) -> Any:
+        """Run a job in the next group; return its result once committed."""
+        return await self.enqueue(job)
 
     def close(self) -> None:
         """Drain the queue, commit what is pending and stop the thread."""

@@ -482,3 +482,20 @@ def test_tenants_are_isolated(client: TestClient) -> None:
     problem(
         client.get(f"{E}/{SID}", headers={"NGSILD-Tenant": "bad tenant!"}), 400, "BadRequestData"
     )
+
+
+def test_retrieve_selected_dataset_ids(client: TestClient) -> None:
+    client.post(
+        E,
+        json=sensor(
+            temperature=[
+                {"type": "Property", "value": 10, "datasetId": "urn:ngsi-ld:Dataset:a"},
+                {"type": "Property", "value": 12},
+            ]
+        ),
+    )
+    got = client.get(f"{E}/{SID}", params={"datasetId": "urn:ngsi-ld:Dataset:a"}).json()
+    assert got["temperature"]["value"] == 10
+    got = client.get(f"{E}/{SID}", params={"datasetId": "@none"}).json()
+    assert got["temperature"]["value"] == 12
+    problem(client.get(f"{E}/{SID}", params={"datasetId": "not a uri"}), 400, "BadRequestData")

@@ -167,12 +167,20 @@ def render_options(params: QueryParams, ctx: ActiveContext, *, query: bool) -> R
     lang = params.get("lang")
     if lang is not None and not lang.strip():
         raise BadRequestData("lang: must not be empty")
+    dataset_ids = None
+    raw_ds = params.get("datasetId")
+    if raw_ds is not None:
+        dataset_ids = frozenset(split_list(raw_ds, "datasetId"))
+        for ds in dataset_ids:
+            if ds != "@none" and not is_uri(ds):
+                raise BadRequestData(f"datasetId: {ds!r} is not a URI (or @none)")
     return RenderOptions(
         format=fmt,  # type: ignore[arg-type]
         sys_attrs="sysAttrs" in opts or flag(params, "sysAttrs"),
         lang=lang,
         pick=pick,
         omit=omit,
+        dataset_ids=dataset_ids,
     )
 
 
