@@ -116,7 +116,11 @@ class SqliteStorage(Storage):
         self.path = path
         self._sync = sync
         self._paths = attrindex.PathIds()  # used by the writer thread only
-        self._writer = Writer(self._connect_writer, on_rollback=self._paths.forget)
+        self._writer = Writer(
+            self._connect_writer,
+            on_rollback=self._paths.forget,
+            wal_path=path.with_name(path.name + "-wal"),
+        )
         self._checkpointer = Checkpointer(self._open)
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="cityos-sqlite-read")
         self._local = threading.local()

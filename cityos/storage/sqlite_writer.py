@@ -18,13 +18,21 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("cityos.storage")
 
 MAX_GROUP = 512
+#: the writer tops up the background checkpoints when the WAL file is larger than this,
+#: at most once per CHECKPOINT_EVERY seconds. Below it the WAL restarts by itself as soon as
+#: writes pause; only a sustained write flood reaches it, and then a short stall of the
+#: writer (waiting for the checkpoint) is the price of a bounded WAL file.
+WAL_LIMIT = 512 * 1024 * 1024
+CHECKPOINT_EVERY = 5.0
 
 Job = Callable[[sqlite3.Connection], Any]
 
@@ -52,8 +60,10 @@ class Writer:
         self,
         connect: Callable[[], sqlite3.Connection],
         on_rollback: Callable[[], None] = lambda: None,
+        wal_path: Path | None = None,
     ) -> None:
         self._connect = connect
+        self._wal_path = wal_path
         self._on_rollback = on_rollback
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cityos-sqlite-writer", daemon=True)
@@ -98,6 +108,7 @@ class Writer:
             return
         self._started.set()
         stopping = False
+        last_checkpoint = time.monotonic()
         try:
             while not stopping:
                 first = self._queue.get()
@@ -114,8 +125,31 @@ class Writer:
                         break
                     group.append(nxt)
                 self._run_group(conn, group)
+                now = time.monotonic()
+                if now - last_checkpoint >= CHECKPOINT_EVERY and self._wal_size() > WAL_LIMIT:
+                    self._top_up_checkpoint(conn)
+                    last_checkpoint = now
         finally:
             conn.close()
+
+    def _wal_size(self) -> int:
+        if self._wal_path is None:
+            return 0
+        try:
+            return self._wal_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _top_up_checkpoint(self, conn: sqlite3.Connection) -> None:
+        # The Checkpointer thread copies most of the WAL in the background, but the WAL file
+        # only restarts from its beginning once a checkpoint has caught up with the last
+        # commit, which never happens while commits keep coming. Between two groups the
+        # writer is idle, so a checkpoint here finishes the frames left and keeps the WAL
+        # from growing without bound.
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            log.exception("WAL checkpoint failed; will retry")
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
         results: list[tuple[Any, Exception | None]] = []

@@ -125,3 +125,31 @@ def test_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SchemaError, match="schema 0"):
         asyncio.run(run())
+
+
+def test_wal_stays_bounded_under_a_write_flood(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cityos.storage import sqlite_writer
+
+    monkeypatch.setattr(sqlite_writer, "WAL_LIMIT", 256 * 1024)
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 0.0)
+    wal = tmp_path / "t.db-wal"
+    biggest = 0
+
+    async def run() -> None:
+        nonlocal biggest
+        st = SqliteStorage(tmp_path / "t.db")
+        await st.start()
+        try:
+            for wave in range(6):
+                # one flood: every write queued at once, committed in back-to-back groups
+                await asyncio.gather(
+                    *(st.apply("", [put(doc(wave * 1000 + i, a=i, b=str(i)))]) for i in range(1000))
+                )
+                biggest = max(biggest, wal.stat().st_size)
+        finally:
+            await st.close()
+
+    asyncio.run(run())
+    assert biggest < 12 * 1024 * 1024, f"WAL grew to {biggest} bytes"
