@@ -68,15 +68,15 @@ class SchemaError(RuntimeError):
     """The database file was made by an incompatible version of cityos."""
 
 
-def _near_radii(max_distance: float | None) -> list[float | None]:
-    """Return the growing search radii of a near query, ending with its maxDistance."""
+def _near_radii(max_distance: float | None, start: float) -> list[float | None]:
+    """Return growing search radii (x3 from start) of a near query, ending with maxDistance."""
     if max_distance is None:
         return [None]
     radii: list[float | None] = []
-    r = max_distance / 16
-    while r < max_distance and r >= 25.0:
+    r = max(start, 10.0)
+    while r < max_distance:
         radii.append(r)
-        r *= 4
+        r *= 3
     return [*radii, max_distance]
 
 
@@ -126,6 +126,9 @@ class SqliteStorage(Storage):
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
         self._tenants: set[str] = {""}
+        #: (tenant, geoproperty, rows needed rounded up to a power of 2) -> the fraction of
+        #: maxDistance that sufficed last time
+        self._near_hint: dict[tuple[str, str | None, int], float] = {}
 
     # -- connections ---------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -288,7 +291,15 @@ class SqliteStorage(Storage):
         # maxDistance is slow in dense areas, so search growing circles: once a circle
         # holds offset+limit matches, nothing outside it can be nearer.
         need = query.offset + query.limit
-        for radius in _near_radii(geo.max_distance):
+        # Start from the fraction of maxDistance that was enough last time for this tenant and
+        # page size (or 1/16), so a typical query needs one circle, rarely two.
+        hint_key = (tenant, query.geoproperty, 1 << (need - 1).bit_length())
+        if len(self._near_hint) > 1024:
+            self._near_hint.clear()
+        fraction = self._near_hint.get(hint_key, 1 / 16)
+        max_d = geo.max_distance
+        radii = _near_radii(max_d, fraction * max_d if max_d else 0.0)
+        for i, radius in enumerate(radii):
             step = replace(query, geo=replace(geo, max_distance=radius)) if radius else query
             with geoindex.query_scope(step.geo) as step_handles:
                 where, params = self._bound(tenant, step, step_handles)
@@ -305,6 +316,9 @@ class SqliteStorage(Storage):
                     )
                 ]
             if len(rids) >= need or radius is None or radius == geo.max_distance:
+                if radius is not None and max_d:
+                    # enough at once: try a smaller circle next time; else start here
+                    self._near_hint[hint_key] = radius / max_d / (1.5 if i == 0 else 1.0)
                 break
         page = rids[query.offset :]
         if not page:
