@@ -26,7 +26,7 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     public_url: str | None = None
     sqlite_sync: str = "NORMAL"
-    query_threads: int = 4
+    query_threads: int = 2
 
     @property
     def sqlite_path(self) -> Path:
@@ -93,7 +93,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         max_body=_int(e, "CITYOS_MAX_BODY", DEFAULT_MAX_BODY),
         public_url=e.get("CITYOS_PUBLIC_URL") or None,
         sqlite_sync=sync,
-        query_threads=max(1, _int(e, "CITYOS_QUERY_THREADS", 4)),
+        query_threads=max(1, _int(e, "CITYOS_QUERY_THREADS", 2)),
     )
     _ = s.sqlite_path  # validate the URL scheme early
     return s

@@ -112,7 +112,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 class SqliteStorage(Storage):
     """Entities of every tenant in one SQLite file."""
 
-    def __init__(self, path: Path, *, sync: str = "NORMAL", query_threads: int = 4) -> None:
+    def __init__(self, path: Path, *, sync: str = "NORMAL", query_threads: int = 2) -> None:
         self.path = path
         self._sync = sync
         self._paths = attrindex.PathIds()  # used by the writer thread only
