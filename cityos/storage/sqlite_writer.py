@@ -31,8 +31,8 @@ MAX_GROUP = 512
 #: at most once per CHECKPOINT_EVERY seconds. Below it the WAL restarts by itself as soon as
 #: writes pause; only a sustained write flood reaches it, and then a short stall of the
 #: writer (waiting for the checkpoint) is the price of a bounded WAL file.
-WAL_LIMIT = 512 * 1024 * 1024
-CHECKPOINT_EVERY = 5.0
+WAL_LIMIT = 1024 * 1024 * 1024
+CHECKPOINT_EVERY = 10.0
 
 Job = Callable[[sqlite3.Connection], Any]
 
