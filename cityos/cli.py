@@ -127,7 +127,7 @@ def demo(host: str | None, port: int | None, data_dir: Path | None, serve: bool)
     click.echo(f"  try: curl '{base}/entities?type=WaterObserved&options=keyValues'", err=True)
     click.echo(
         f"  try: curl '{base}/entities?type=PointOfInterest&georel=near;maxDistance==2000"
-        "&geometry=Point&coordinates=[139.5783,36.3144]&lang=ja'",
+        "&geometry=Point&coordinates=%5B139.5783,36.3144%5D&lang=ja'",
         err=True,
     )
     if serve:
