@@ -46,11 +46,15 @@ def create_app(settings: Settings) -> ASGIApp:
         nonlocal ready
         await store.start()
         await contexts_api.restore(broker)
+        for start in broker.on_start:
+            await start()
         ready = True
         try:
             yield
         finally:
             ready = False
+            for stop in reversed(broker.on_stop):
+                await stop()
             await loader.close()
             await store.close()
 

@@ -27,6 +27,17 @@ class Mutation:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One entity changed: what it was, what it is (None when absent), and when."""
+
+    tenant: str
+    entity_id: str
+    old: Doc | None
+    new: Doc | None
+    at: str  # NGSI-LD DateTime of the change (the new modifiedAt, or now for a delete)
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one mutation: ok with what happened, or the error that refused it."""
 

@@ -8,7 +8,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +16,14 @@ from typing import Any
 
 import orjson
 
+from cityos.broker import clock
 from cityos.broker.errors import InternalError, NgsiError
 from cityos.broker.model import Doc
 from cityos.storage import sqlite_attrindex as attrindex
 from cityos.storage import sqlite_geo as geoindex
 from cityos.storage.base import (
     AttributeInfo,
+    Change,
     EntityQuery,
     Mutation,
     Outcome,
@@ -86,6 +88,9 @@ def _attr_kinds(doc: Doc) -> list[tuple[str, str]]:
 
 log = logging.getLogger("cityos.storage")
 
+#: hook(conn, change), run in the writer's transaction (see SqliteStorage.add_change_hook)
+ChangeHook = Callable[[sqlite3.Connection, Change], None]
+
 
 def _dumps(doc: Doc) -> str:
     return orjson.dumps(doc).decode()
@@ -126,6 +131,7 @@ class SqliteStorage(Storage):
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
         self._tenants: set[str] = {""}
+        self._change_hooks: list[ChangeHook] = []
         #: (tenant, geoproperty, rows needed rounded up to a power of 2) -> the fraction of
         #: maxDistance that sufficed last time
         self._near_hint: dict[tuple[str, str | None, int], float] = {}
@@ -447,9 +453,39 @@ class SqliteStorage(Storage):
         if new is None:
             if row is not None:
                 self._delete(conn, row[0])
+                self._changed(conn, Change(tenant, m.entity_id, current, None, clock.now()))
             return Outcome(m.entity_id, deleted=row is not None)
         self._store(conn, tenant, row[0] if row else None, new, current)
+        self._changed(conn, Change(tenant, m.entity_id, current, new, new["modifiedAt"]))
         return Outcome(m.entity_id, created=row is None, doc=new)
+
+    def _changed(self, conn: sqlite3.Connection, change: Change) -> None:
+        for hook in self._change_hooks:
+            hook(conn, change)
+
+    def add_change_hook(self, hook: ChangeHook) -> None:
+        """Run hook(conn, change) in the writer's transaction after every entity change.
+
+        A hook writes what must be atomic with the change (history rows, a notification
+        outbox); if it raises, the change is rolled back with it.
+        """
+        self._change_hooks.append(hook)
+
+    async def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run job(conn) on the writer, in its own savepoint; return its result once committed."""
+        return await self._writer.submit(job)
+
+    async def read(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run job(conn) on a reader connection, in one read snapshot."""
+
+        def snapshot(conn: sqlite3.Connection) -> Any:
+            conn.execute("BEGIN")
+            try:
+                return job(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._read(snapshot)
 
     async def apply(self, tenant: str, mutations: Sequence[Mutation]) -> list[Outcome]:
         # One job per mutation, all queued at once: they share group commits, and each
@@ -478,13 +514,17 @@ class SqliteStorage(Storage):
                 params = [
                     geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params
                 ]
-                rids = [
-                    r[0]
-                    for r in conn.execute(f"SELECT e.rid FROM entities e WHERE {where}", params)
-                ]
-            for rid in rids:
+                # documents are read only when a hook wants to see what was deleted
+                doc = "e.doc" if self._change_hooks else "NULL"
+                rows = conn.execute(
+                    f"SELECT e.rid, e.id, {doc} FROM entities e WHERE {where}", params
+                ).fetchall()
+            now = clock.now()
+            for rid, entity_id, text in rows:
                 self._delete(conn, rid)
-            return len(rids)
+                if self._change_hooks:
+                    self._changed(conn, Change(tenant, entity_id, orjson.loads(text), None, now))
+            return len(rows)
 
         n: int = await self._writer.submit(run)
         return n

@@ -162,3 +162,42 @@ def test_wal_stays_bounded_under_a_write_flood(
 
     asyncio.run(run())
     assert biggest < 6 * 1024 * 1024, f"WAL grew to {biggest} bytes"
+
+
+def test_change_hooks_see_every_change_inside_the_transaction(tmp_path: Path) -> None:
+    from cityos.broker import typesel
+    from cityos.storage.base import Change
+
+    seen: list[tuple[str, bool, bool]] = []
+
+    def hook(conn: Any, change: Change) -> None:
+        # the hook runs inside the writer's transaction: it sees the new state
+        row = conn.execute("SELECT count(*) FROM entities WHERE id=?", (change.entity_id,))
+        assert row.fetchone()[0] == (0 if change.new is None else 1)
+        seen.append((change.entity_id, change.old is None, change.new is None))
+        if change.entity_id == "urn:x:9":
+            raise ValueError("hook refuses")  # rolls the change back
+
+    async def run() -> None:
+        st = SqliteStorage(tmp_path / "t.db")
+        st.add_change_hook(hook)
+        await st.start()
+        try:
+            await st.apply("", [put(doc(1, a=1)), put(doc(2, a=2))])
+            await st.apply("", [put(doc(1, a=5))])
+            refused = await st.apply("", [put(doc(9, a=9))])
+            assert refused[0].error is not None
+            assert await st.get("", "urn:x:9") is None
+            await st.purge("", EntityQuery(types=typesel.parse_type_selection(T)))
+        finally:
+            await st.close()
+
+    asyncio.run(run())
+    assert seen == [
+        ("urn:x:1", True, False),
+        ("urn:x:2", True, False),
+        ("urn:x:1", False, False),
+        ("urn:x:9", True, False),
+        ("urn:x:1", False, True),
+        ("urn:x:2", False, True),
+    ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,11 +31,17 @@ _EMPTY = object()
 
 @dataclass(slots=True)
 class Broker:
-    """What every handler needs: storage, the @context loader and settings."""
+    """What every handler needs: storage, the @context loader and settings.
+
+    Features with background work (notification delivery, history pruning) append to
+    on_start / on_stop; the app runs them after storage starts and before it closes.
+    """
 
     store: Storage
     loader: ContextLoader
     settings: Settings
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
