@@ -29,10 +29,12 @@ def _settings(**overrides: object) -> Settings:
 def run_server(settings: Settings, *, access_log: bool = False) -> None:
     """Serve the app with uvicorn until SIGINT/SIGTERM, then drain and stop."""
     from cityos.app import create_app
+    from cityos.storage.sqlite import SchemaError, check_schema
 
     try:
+        check_schema(settings.sqlite_path)
         app = create_app(settings)
-    except (SettingsError, ValueError, OSError) as exc:
+    except (SettingsError, SchemaError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"cityos {__version__}: NGSI-LD at http://{settings.host}:{settings.port}/ngsi-ld/v1 "

@@ -113,3 +113,22 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert "CITYOS_DATABASE_URL" in r.stderr
+
+
+def test_serve_refuses_a_database_of_another_schema(tmp_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "cityos.db")
+    conn.execute("CREATE TABLE entities(rid INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    r = subprocess.run(
+        [CITYOS, "serve", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode != 0
+    assert "storage schema 0" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -70,6 +70,30 @@ class SchemaError(RuntimeError):
     """The database file was made by an incompatible version of cityos."""
 
 
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    existing = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='entities'"
+    ).fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if existing and version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} was written by a cityos with storage schema {version}; this version "
+            f"uses schema {SCHEMA_VERSION}. Export the data with the older cityos or start "
+            "with an empty data directory."
+        )
+
+
+def check_schema(path: Path) -> None:
+    """Raise SchemaError if an existing database file has another schema version."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(path)
+    try:
+        _check_schema(conn, path)
+    finally:
+        conn.close()
+
+
 def _near_radii(max_distance: float | None, start: float) -> list[float | None]:
     """Return growing search radii (x3 from start) of a near query, ending with maxDistance."""
     if max_distance is None:
@@ -155,17 +179,11 @@ class SqliteStorage(Storage):
         conn.execute("PRAGMA journal_mode=WAL")
         # Checkpoints (which fsync) run on their own thread, not in the writer's commits.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        existing = conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='entities'"
-        ).fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if existing and version != SCHEMA_VERSION:
+        try:
+            _check_schema(conn, self.path)
+        except SchemaError:
             conn.close()
-            raise SchemaError(
-                f"{self.path} was written by a cityos with storage schema {version}; this "
-                f"version uses schema {SCHEMA_VERSION}. Export the data with the older cityos "
-                "or start with an empty data directory."
-            )
+            raise
         conn.executescript(SCHEMA + attrindex.ATTR_INDEX_DDL + geoindex.GEO_DDL)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return conn
