@@ -62,8 +62,9 @@ SCENARIOS = [
     # Latency targets are read at 10 connections, the concurrency of Stellio's published
     # query figures (10 VUs); the same queries at --connections show throughput under load.
     Scenario("q", "e. type + q query, limit 20 (10 connections)", "query_q.lua", 0, 10),
-    Scenario("geo", "f. geo near;maxDistance==2000, limit 20 (10 connections)",
-             "query_geo.lua", 0, 10),
+    Scenario(
+        "geo", "f. geo near;maxDistance==2000, limit 20 (10 connections)", "query_geo.lua", 0, 10
+    ),
     Scenario("q_load", "e'. type + q query, limit 20", "query_q.lua"),
     Scenario("geo_load", "f'. geo near;maxDistance==2000, limit 20", "query_geo.lua"),
 ]

@@ -11,7 +11,7 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp
 
 from cityos import __version__
-from cityos.broker.api import batch, discovery, entities, query
+from cityos.broker.api import batch, discovery, entities, query, subscriptions, temporal
 from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
@@ -70,6 +70,8 @@ def create_app(settings: Settings) -> ASGIApp:
         + batch.routes(broker)
         + discovery.routes(broker)
         + contexts_api.routes(broker)
+        + subscriptions.routes(broker)
+        + temporal.routes(broker)
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],

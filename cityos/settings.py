@@ -27,6 +27,7 @@ class Settings:
     public_url: str | None = None
     sqlite_sync: str = "NORMAL"
     query_threads: int = 2
+    history_retention: int | None = None  # seconds of attribute history kept; None: forever
 
     @property
     def sqlite_path(self) -> Path:
@@ -65,6 +66,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _retention(env: dict[str, str]) -> int | None:
+    raw = env.get("CITYOS_HISTORY_RETENTION", "").strip()
+    if not raw:
+        return None
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    if raw[-1:] not in units or not raw[:-1].isdigit() or int(raw[:-1]) == 0:
+        raise SettingsError(
+            f"CITYOS_HISTORY_RETENTION must be a positive number of d, h, m or s "
+            f"(e.g. 400d, 12h), got {raw!r}"
+        )
+    return int(raw[:-1]) * units[raw[-1]]
+
+
 def from_env(env: dict[str, str] | None = None) -> Settings:
     """Read settings from CITYOS_* environment variables."""
     e = dict(os.environ if env is None else env)
@@ -94,6 +108,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         public_url=e.get("CITYOS_PUBLIC_URL") or None,
         sqlite_sync=sync,
         query_threads=max(1, _int(e, "CITYOS_QUERY_THREADS", 2)),
+        history_retention=_retention(e),
     )
     _ = s.sqlite_path  # validate the URL scheme early
     return s

@@ -49,7 +49,7 @@ async def _run(
     return resp
 
 
-def _query_from_body(body: Any, qp: QueryParams) -> dict[str, Any]:
+def query_from_body(body: Any, qp: QueryParams) -> dict[str, Any]:
     """Translate a Query data type (clause 5.2.23) into the GET parameters it means."""
     if not isinstance(body, dict):
         raise BadRequestData("the Query must be a JSON object")
@@ -158,7 +158,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         call = await begin(
             broker, request, body=True, offered=(media.JSON, media.LD_JSON, media.GEO_JSON)
         )
-        merged = _query_from_body(call.body, qp)
+        merged = query_from_body(call.body, qp)
         merged.update(_limits(qp))
         query = params.entity_query({k: v for k, v in merged.items() if v is not None}, call.ctx)
         render_qp = QueryParams(

@@ -1,0 +1,281 @@
+"""Deliver queued notifications: HTTP(S) POSTs and MQTT publishes, in order, with retries.
+
+One task reads the outbox (waking as soon as a change queues a notification) and hands rows
+to one worker per subscription. A worker sends its subscription's notifications strictly one
+after another, retrying the first with capped exponential back-off until the receiver takes
+it, so a receiver that is down loses nothing and sees nothing out of order, and a receiver
+that never returns holds up only its own subscription. A row leaves the outbox only once
+delivered, so a restart resends what was not (at-least-once delivery).
+
+With ``throttling`` a worker waits until the period since its last notification has passed
+and then sends everything queued meanwhile as one notification, rather than dropping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import httpx
+import orjson
+
+from cityos.broker import clock as ngsi_clock
+from cityos.broker.model import Doc
+from cityos.broker.subscriptions import Live
+from cityos.http import media
+from cityos.storage.sqlite_subscriptions import Queued, SubscriptionStore
+
+log = logging.getLogger("cityos.notify")
+
+BACKOFF_BASE: Final = 1.0
+BACKOFF_CAP: Final = 60.0
+FETCH: Final = 1000
+#: at most this many queued notifications are sent as one throttled notification
+MAX_MERGE: Final = 100
+HTTP_TIMEOUT: Final = 10.0
+
+
+class Clock(Protocol):
+    """What delivery needs of time: a monotonic reading and a way to wait."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    """The wall clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def backoff(attempts: int) -> float:
+    """Return the wait before retry number ``attempts`` (1, 2, 4 ... seconds, capped)."""
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1)))
+
+
+def merged(rows: list[Queued]) -> Doc:
+    """Return one notification carrying the data of several, in their order."""
+    first = dict(rows[0].payload)
+    if len(rows) > 1:
+        first["id"] = f"urn:ngsi-ld:Notification:{uuid.uuid4()}"
+        first["data"] = [d for r in rows for d in r.payload["data"]]
+    return first
+
+
+def _headers(live: Live) -> dict[str, str]:
+    endpoint = live.doc["notification"]["endpoint"]
+    accept = endpoint.get("accept", media.JSON)
+    headers = {"Content-Type": accept}
+    source = live.context_source()
+    if accept == media.JSON and isinstance(source, str):
+        headers["Link"] = media.link_header(source)
+    if live.tenant:
+        headers["NGSILD-Tenant"] = live.tenant
+    for item in endpoint.get("receiverInfo", ()):
+        headers[item["key"]] = item["value"]
+    return headers
+
+
+def _notifier_info(live: Live) -> dict[str, str]:
+    return {
+        i["key"]: i["value"] for i in live.doc["notification"]["endpoint"].get("notifierInfo", ())
+    }
+
+
+class Sender:
+    """The background delivery of one broker's outbox."""
+
+    def __init__(
+        self,
+        subs: SubscriptionStore,
+        clock: Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._subs = subs
+        self.clock: Clock = clock or RealClock()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event = asyncio.Event()
+        self._pending = False
+        self._last_seq = 0
+        self._queues: dict[tuple[str, str], deque[Queued]] = {}
+        self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._last_sent: dict[tuple[str, str], float] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._mqtt: dict[tuple[Any, ...], aiomqtt.Client] = {}
+        #: called after every delivery attempt (tests wait on it instead of sleeping)
+        self.on_attempt: Callable[[], None] = lambda: None
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start reading the outbox (what a previous run left first)."""
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT, transport=self._transport)
+        self._subs.on_queued = self.wake_threadsafe
+        self._event.set()
+        self._reader = asyncio.create_task(self._read_outbox(), name="cityos-notify-outbox")
+
+    async def stop(self) -> None:
+        """Stop delivering; what is not delivered stays in the outbox."""
+        self._subs.on_queued = lambda: None
+        tasks = [t for t in (self._reader, *self._workers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+        if self._client is not None:
+            await self._client.aclose()
+        for client in self._mqtt.values():
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+        self._mqtt.clear()
+
+    def backlog(self) -> int:
+        """Return how many notifications wait in memory for delivery."""
+        return sum(len(q) for q in self._queues.values())
+
+    def wake_threadsafe(self) -> None:
+        """Say that notifications were queued (called on the writer thread)."""
+        if self._pending or self._loop is None:
+            return
+        self._pending = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    # -- reading the outbox -------------------------------------------------------------------
+    async def _read_outbox(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            self._pending = False
+            while True:
+                try:
+                    rows = await self._subs.queued(self._last_seq, FETCH)
+                except Exception:  # retried at the next wake-up
+                    log.exception("reading the notification outbox failed")
+                    break
+                for row in rows:
+                    self._last_seq = row.seq
+                    key = (row.tenant, row.sub_id)
+                    self._queues.setdefault(key, deque()).append(row)
+                    if key not in self._workers:
+                        self._workers[key] = asyncio.create_task(self._work(key))
+                if len(rows) < FETCH:
+                    break
+
+    # -- one subscription's worker ------------------------------------------------------------
+    async def _work(self, key: tuple[str, str]) -> None:
+        queue = self._queues[key]
+        attempts = 0
+        try:
+            while queue:
+                live = self._subs.registry.get(*key)
+                if live is None:  # deleted, and its outbox rows with it
+                    queue.clear()
+                    break
+                batch = [queue[0]]
+                if live.throttling:
+                    due = self._last_sent.get(key, float("-inf")) + live.throttling
+                    wait = due - self.clock.monotonic()
+                    if wait > 0:
+                        await self.clock.sleep(wait)
+                        continue
+                    batch = [queue[i] for i in range(min(len(queue), MAX_MERGE))]
+                payload = merged(batch)
+                at = ngsi_clock.now()
+                payload["notifiedAt"] = at
+                ok = await self._deliver(live, payload)
+                if ok:
+                    self._last_sent[key] = self.clock.monotonic()
+                    await self._subs.delivered(key[0], key[1], [r.seq for r in batch], at)
+                    for _ in batch:
+                        queue.popleft()
+                    attempts = 0
+                    self.on_attempt()
+                else:
+                    await self._subs.failed(key[0], key[1], at)
+                    attempts += 1
+                    self.on_attempt()
+                    await self.clock.sleep(backoff(attempts))
+        finally:
+            if not queue:
+                self._queues.pop(key, None)
+            self._workers.pop(key, None)
+
+    async def _deliver(self, live: Live, payload: Doc) -> bool:
+        uri: str = live.doc["notification"]["endpoint"]["uri"]
+        try:
+            if uri.startswith(("mqtt://", "mqtts://")):
+                await self._publish(live, uri, payload)
+                return True
+            assert self._client is not None
+            resp = await self._client.post(
+                uri, content=orjson.dumps(payload), headers=_headers(live)
+            )
+        except (httpx.HTTPError, aiomqtt.MqttError, OSError) as exc:
+            log.warning("notification of %s to %s failed: %s", live.id, uri, exc)
+            return False
+        except Exception:  # a worker must outlive any receiver's misbehaviour
+            log.exception("notification of %s to %s failed", live.id, uri)
+            return False
+        if 200 <= resp.status_code < 300:
+            return True
+        log.warning("notification of %s to %s: HTTP %d", live.id, uri, resp.status_code)
+        return False
+
+    # -- MQTT ---------------------------------------------------------------------------------
+    async def _publish(self, live: Live, uri: str, payload: Doc) -> None:
+        parts = urlsplit(uri)
+        tls = parts.scheme == "mqtts"
+        info = _notifier_info(live)
+        version = (
+            aiomqtt.ProtocolVersion.V5
+            if info.get("MQTT-Version") == "mqtt5.0"
+            else aiomqtt.ProtocolVersion.V311
+        )
+        key = (parts.hostname, parts.port, tls, parts.username, parts.password, version)
+        client = self._mqtt.get(key)
+        if client is None:
+            client = aiomqtt.Client(
+                parts.hostname or "localhost",
+                parts.port or (8883 if tls else 1883),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                protocol=version,
+                tls_context=ssl.create_default_context() if tls else None,
+                timeout=HTTP_TIMEOUT,
+            )
+            await client.__aenter__()
+            self._mqtt[key] = client
+        # clause 7.x MQTT binding: the headers travel as metadata next to the body
+        message = {"metadata": _headers(live), "body": payload}
+        try:
+            await client.publish(
+                unquote(parts.path.lstrip("/")),
+                orjson.dumps(message),
+                qos=int(info.get("MQTT-QoS", "0")),
+                timeout=HTTP_TIMEOUT,
+            )
+        except aiomqtt.MqttError:
+            self._mqtt.pop(key, None)
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+            raise
