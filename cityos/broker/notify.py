@@ -9,6 +9,10 @@ delivered, so a restart resends what was not (at-least-once delivery).
 
 With ``throttling`` a worker waits until the period since its last notification has passed
 and then sends everything queued meanwhile as one notification, rather than dropping it.
+
+``Periodic`` serves subscriptions with ``timeInterval``: every interval it queries the current
+state of the selected entities and writes it to the same outbox, so periodic notifications
+are delivered, retried and kept across restarts exactly like the others.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +39,7 @@ from cityos.broker import clock as ngsi_clock
 from cityos.broker.model import Doc
 from cityos.broker.subscriptions import Live
 from cityos.http import media
+from cityos.storage.base import Storage
 from cityos.storage.sqlite_subscriptions import Queued, SubscriptionStore
 
 log = logging.getLogger("cityos.notify")
@@ -42,6 +50,10 @@ FETCH: Final = 1000
 #: at most this many queued notifications are sent as one throttled notification
 MAX_MERGE: Final = 100
 HTTP_TIMEOUT: Final = 10.0
+#: at most this many entities travel in one periodic notification; more are split in order
+PERIODIC_CHUNK: Final = 1000
+#: the periodic loop looks at least this often for new, changed and resumed subscriptions
+PERIODIC_POLL: Final = 1.0
 
 
 class Clock(Protocol):
@@ -279,3 +291,104 @@ class Sender:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
             raise
+
+
+# -- periodic notifications (timeInterval) -------------------------------------------------------
+def _datetime(posix: float) -> str:
+    return datetime.fromtimestamp(posix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Periodic:
+    """Queue, every ``timeInterval``, the current state of a subscription's entities.
+
+    ``tick(now)`` does one round at a given wall-clock time; a background loop calls it in
+    production, tests call it with the times they choose (after ``stop``). The schedule is
+    kept in memory only: a subscription first notifies one interval after it is first seen
+    active (created, resumed, its interval changed, or the broker restarted).
+    """
+
+    def __init__(self, subs: SubscriptionStore, storage: Storage) -> None:
+        self._subs = subs
+        self._storage = storage
+        # (tenant, id) -> (the interval it was scheduled with, when it is next due)
+        self._due: dict[tuple[str, str], tuple[float, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        #: when the earliest periodic notification is due (POSIX seconds; inf when none)
+        self.next_due = math.inf
+
+    async def start(self) -> None:
+        """Start the background loop on the wall clock."""
+        self._task = asyncio.create_task(self._loop(), name="cityos-notify-periodic")
+
+    async def stop(self) -> None:
+        """Stop the background loop and forget the schedule."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._due.clear()
+        self.next_due = math.inf
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick(time.time())
+            except Exception:  # keep the schedule going; the next round retries
+                log.exception("periodic notifications failed")
+            wait = min(self.next_due - time.time(), PERIODIC_POLL)
+            await asyncio.sleep(max(0.0, wait))
+
+    async def tick(self, now: float) -> int:
+        """Queue the periodic notifications due at ``now`` (POSIX seconds); return how many."""
+        at = _datetime(now)
+        queued = 0
+        seen: set[tuple[str, str]] = set()
+        next_due = math.inf
+        for live in self._subs.registry.periodic():
+            if not live.active_at(at):
+                continue  # forgotten below, so resuming starts a fresh interval
+            key = (live.tenant, live.id)
+            seen.add(key)
+            interval = live.interval
+            state = self._due.get(key)
+            if state is None or state[0] != interval or state[1] - now > interval:
+                # new, resumed, re-timed, or the wall clock went back: count from now
+                state = (interval, now + interval)
+            elif now >= state[1]:
+                queued += await self._notify(live, at)
+                # rounds missed while busy or suspended are skipped, not sent in a burst
+                missed = math.floor((now - state[1]) / interval)
+                state = (interval, state[1] + (missed + 1) * interval)
+            self._due[key] = state
+            next_due = min(next_due, state[1])
+        for key in self._due.keys() - seen:
+            del self._due[key]
+        self.next_due = next_due
+        return queued
+
+    async def _notify(self, live: Live, at: str) -> int:
+        """Queue the current state of the subscription's entities, if any match."""
+        ids: set[str] = set()
+        batch: list[Doc] = []
+        queued = 0
+        for query in live.queries(PERIODIC_CHUNK):
+            offset = 0
+            while True:
+                result = await self._storage.query(live.tenant, replace(query, offset=offset))
+                for doc in result.docs:
+                    if doc["id"] in ids:  # selected by an earlier selector too
+                        continue
+                    ids.add(doc["id"])
+                    batch.append(doc)
+                    if len(batch) == PERIODIC_CHUNK:
+                        if not await self._subs.enqueue(live, live.periodic_payload(batch, at), at):
+                            return queued
+                        queued += 1
+                        batch = []
+                if len(result.docs) < query.limit:
+                    break
+                offset += query.limit
+        if batch and await self._subs.enqueue(live, live.periodic_payload(batch, at), at):
+            queued += 1
+        return queued

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from cityos.broker import geo, qlang, typesel
@@ -26,6 +26,7 @@ from cityos.broker.model import LOCATION, VALUE_MEMBER, Doc, Instance
 from cityos.broker.normalize import check_entity_id, check_name, is_uri, parse_datetime
 from cityos.broker.render import RenderOptions, TermCompactor, render_entity
 from cityos.jsonld.context import ActiveContext
+from cityos.storage.base import EntityQuery
 
 TRIGGERS: Final = (
     "entityCreated",
@@ -369,10 +370,10 @@ def _check_whole(doc: Doc) -> None:
     if "entities" not in doc and "watchedAttributes" not in doc:
         raise BadRequestData("entities: at least one of entities or watchedAttributes is required")
     if "timeInterval" in doc:
-        if "watchedAttributes" in doc:
-            raise BadRequestData("timeInterval: cannot be combined with watchedAttributes")
-        if "throttling" in doc:
-            raise BadRequestData("timeInterval: cannot be combined with throttling")
+        # a periodic subscription notifies on time, never on changes (clause 5.2.12)
+        for key in ("watchedAttributes", "throttling"):
+            if key in doc:
+                raise BadRequestData(f"{key}: not allowed in a subscription with timeInterval")
         if "entities" not in doc:
             raise BadRequestData("entities: required with timeInterval")
 
@@ -567,9 +568,44 @@ class Live:
     def periodic(self) -> bool:
         return "timeInterval" in self.doc
 
+    @property
+    def interval(self) -> float:
+        """Return the seconds between periodic notifications (0 when not periodic)."""
+        seconds: float = self.doc.get("timeInterval", 0.0)
+        return seconds
+
+    def active_at(self, now: str) -> bool:
+        """Return whether the subscription notifies at this time (neither paused nor expired)."""
+        return status(self.doc, now) == "active"
+
     def live_at(self, now: str) -> bool:
         """Return whether changes at this time notify (active, not expired, not periodic)."""
-        return not self.periodic and status(self.doc, now) == "active"
+        return not self.periodic and self.active_at(now)
+
+    def queries(self, limit: int) -> list[EntityQuery]:
+        """Return the entity queries selecting what a periodic notification carries.
+
+        One per entity selector (their union is the selection); with
+        ``notification.attributes`` an entity must have one of them, as with ``attrs``.
+        """
+        base = EntityQuery(
+            q=self.q,
+            scope_q=self.scope_q,
+            geo=self.geo_q,
+            geoproperty=self.geoproperty if self.geo_q is not None else None,
+            attrs=frozenset(self.doc["notification"].get("attributes", ())),
+            expand=self.expand,
+            limit=limit,
+        )
+        return [
+            replace(
+                base,
+                types=s.types,
+                ids=(s.id,) if s.id is not None else (),
+                id_pattern=s.pattern.pattern if s.pattern is not None else None,
+            )
+            for s in self.selectors
+        ] or [base]
 
     def selects(self, doc: Doc) -> bool:
         """Return whether the entity is one the subscription is about (entities member)."""
@@ -634,12 +670,19 @@ class Live:
             if (old is not None and note.get("showChanges")) or fired.deleted_attrs:
                 doc = _annotated(old, new, fired, at, bool(note.get("showChanges")))
             data = render_entity(doc, self.ctx, self.opts)
+        return self._notification([data], at)
+
+    def periodic_payload(self, docs: list[Doc], at: str) -> Doc:
+        """Return the Notification of the current state of stored entities (timeInterval)."""
+        return self._notification([render_entity(d, self.ctx, self.opts) for d in docs], at)
+
+    def _notification(self, data: list[Doc], at: str) -> Doc:
         body: Doc = {
             "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
             "type": "Notification",
             "subscriptionId": self.id,
             "notifiedAt": at,
-            "data": [data],
+            "data": data,
         }
         if self.doc["notification"]["endpoint"].get("accept") == "application/ld+json":
             body = {"@context": self.context_source(), **body}

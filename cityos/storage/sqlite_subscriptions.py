@@ -72,11 +72,18 @@ class Registry:
 
     def __init__(self) -> None:
         self.by_tenant: dict[str, dict[str, Live]] = {}
+        #: the subscriptions with timeInterval, so the periodic round skips all others
+        self._periodic: dict[tuple[str, str], Live] = {}
 
     def put(self, live: Live) -> None:
         self.by_tenant.setdefault(live.tenant, {})[live.id] = live
+        if live.periodic:
+            self._periodic[(live.tenant, live.id)] = live
+        else:
+            self._periodic.pop((live.tenant, live.id), None)
 
     def remove(self, tenant: str, sub_id: str) -> None:
+        self._periodic.pop((tenant, sub_id), None)
         subs = self.by_tenant.get(tenant)
         if subs is not None:
             subs.pop(sub_id, None)
@@ -85,6 +92,11 @@ class Registry:
 
     def get(self, tenant: str, sub_id: str) -> Live | None:
         return self.by_tenant.get(tenant, {}).get(sub_id)
+
+    def periodic(self) -> list[Live]:
+        """Return the subscriptions with timeInterval (safe to call off the writer thread)."""
+        # list() copies in one step under the GIL, so a concurrent put cannot break it
+        return list(self._periodic.values())
 
 
 def _counters(row: tuple[Any, ...]) -> Counters:
@@ -250,13 +262,22 @@ class SubscriptionStore:
 
         await self._store.write(run)
 
-    async def enqueue(self, tenant: str, sub_id: str, payload: Doc) -> None:
-        """Queue a notification not caused by a change (periodic notifications)."""
+    async def enqueue(self, live: Live, payload: Doc, at: str) -> bool:
+        """Queue a periodic notification; return False when the subscription stopped meanwhile.
 
-        def run(conn: sqlite3.Connection) -> None:
-            self._queue(conn, tenant, sub_id, payload)
+        Checked in the writer's transaction, so a notification is never queued for a
+        subscription deleted, paused or expired while its entities were being read.
+        """
 
-        await self._store.write(run)
+        def run(conn: sqlite3.Connection) -> bool:
+            current = self.registry.get(live.tenant, live.id)
+            if current is None or not current.periodic or not current.active_at(at):
+                return False
+            self._queue(conn, live.tenant, live.id, payload)
+            return True
+
+        ok: bool = await self._store.write(run)
+        return ok
 
     def _queue(self, conn: sqlite3.Connection, tenant: str, sub_id: str, payload: Doc) -> None:
         conn.execute(

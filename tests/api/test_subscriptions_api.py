@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 from conftest import make_client, sensor
 from starlette.testclient import TestClient
 
-from cityos.broker.api.subscriptions import sender_of
+from cityos.broker.api.subscriptions import periodic_of, sender_of
+from cityos.broker.notify import Periodic
 
 S = "/ngsi-ld/v1/subscriptions"
 E = "/ngsi-ld/v1/entities"
@@ -279,7 +281,8 @@ def test_a_context_compacts_what_it_expanded(client: TestClient, receiver: Recei
             },
             "notification.endpoint.notifierInfo",
         ),
-        ({"timeInterval": 60, "watchedAttributes": ["waterLevel"]}, "timeInterval"),
+        ({"timeInterval": 60, "watchedAttributes": ["waterLevel"]}, "watchedAttributes"),
+        ({"timeInterval": 60, "throttling": 5}, "throttling"),
     ],
 )
 def test_invalid_subscriptions_name_the_member(
@@ -579,3 +582,199 @@ def test_throttling_sends_what_was_queued_as_one_notification(
     notes = receiver.wait(2)
     assert levels(notes) == [0.5, 1.0, 2.0, 3.0]
     assert len(notes) == 2
+
+
+# -- periodic notifications (timeInterval) ----------------------------------------------------
+T0 = 1_900_000_000.0  # the wall-clock time (POSIX seconds, in 2030) periodic tests start at
+DRY = "urn:ngsi-ld:WaterLevelObserved:dry"
+
+
+def periodic(client: TestClient) -> Periodic:
+    """Return the periodic notifier with its loop stopped: from now on the test tells the time."""
+    p = periodic_of(client.app.broker)  # type: ignore[attr-defined]
+    assert client.portal is not None
+    client.portal.call(p.stop)
+    return p
+
+
+def tick(client: TestClient, p: Periodic, now: float) -> int:
+    assert client.portal is not None
+    queued: int = client.portal.call(p.tick, now)
+    return queued
+
+
+def at(posix: float) -> str:
+    return datetime.fromtimestamp(posix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def by_id(note: dict[str, Any]) -> dict[str, float]:
+    return {d["id"].rsplit("-", 1)[1]: d["waterLevel"]["value"] for d in note["data"]}
+
+
+def test_time_interval_notifies_the_current_state_each_interval_not_on_changes(
+    client: TestClient, receiver: Receiver
+) -> None:
+    p = periodic(client)
+    for n, level in ((1, 1.0), (2, 2.0), (3, 7.0)):
+        assert client.post(E, json=sensor(n, level=level)).status_code == 201
+    client.post(E, json={"id": "urn:ngsi-ld:Shelter:1", "type": "Shelter"})
+    sub_id = subscribe(client, subscription(receiver.url, timeInterval=60, q="waterLevel<5"))
+    assert client.get(f"{S}/{sub_id}").json()["timeInterval"] == 60
+    assert tick(client, p, T0) == 0  # the first interval starts
+    set_level(client, 1.5)  # changes do not notify
+    client.post(E, json=sensor(4, level=4.0))
+    assert tick(client, p, T0 + 59) == 0
+    assert tick(client, p, T0 + 60) == 1
+    (note,) = receiver.wait(1)  # a change notification would have been queued before it
+    assert note["type"] == "Notification"
+    assert note["subscriptionId"] == sub_id
+    assert by_id(note) == {"1": 1.5, "2": 2.0, "4": 4.0}  # 3 fails q, the shelter the type
+    set_level(client, 3.0)
+    assert tick(client, p, T0 + 90) == 0
+    assert tick(client, p, T0 + 120) == 1
+    notes = receiver.wait(2)
+    assert by_id(notes[1]) == {"1": 3.0, "2": 2.0, "4": 4.0}
+    # rounds missed (a suspended host) are skipped, not sent in a burst
+    assert tick(client, p, T0 + 250) == 1
+    assert tick(client, p, T0 + 299) == 0
+    # nothing matches: nothing is sent
+    assert client.delete(E, params={"type": "WaterLevelObserved"}).status_code == 204
+    assert tick(client, p, T0 + 300) == 0
+    assert len(receiver.wait(3)) == 3
+
+
+def test_time_interval_respects_attributes_format_and_selectors(
+    client: TestClient, receiver: Receiver
+) -> None:
+    p = periodic(client)
+    for n in (1, 2, 3):
+        client.post(E, json=sensor(n, level=float(n)))
+    client.post(E, json={"id": DRY, "type": "WaterLevelObserved", "name": {"value": "dry"}})
+    kv = subscribe(
+        client,
+        subscription(
+            receiver.url,
+            timeInterval=10,
+            notification={
+                "format": "keyValues",
+                "attributes": ["waterLevel"],
+                "endpoint": {"uri": receiver.url, "accept": "application/ld+json"},
+            },
+        ),
+    )
+    concise = subscribe(
+        client,
+        subscription(
+            receiver.url,
+            timeInterval=10,
+            entities=[
+                {"type": "WaterLevelObserved", "id": "urn:ngsi-ld:WaterLevelObserved:akiyama-2"},
+                {"type": "WaterLevelObserved", "idPattern": "akiyama-[12]$"},
+            ],
+            notification={"format": "concise", "sysAttrs": True},
+        ),
+    )
+    tick(client, p, T0)
+    assert tick(client, p, T0 + 10) == 2
+    notes = {n["subscriptionId"]: n for n in receiver.wait(2)}
+    kv_note = notes[kv]
+    assert "ngsi-ld-core-context" in str(kv_note["@context"])
+    # only entities with one of the attributes, and only those attributes
+    assert sorted(kv_note["data"], key=lambda d: str(d["id"])) == [
+        {"id": f"urn:ngsi-ld:WaterLevelObserved:akiyama-{n}", "type": "WaterLevelObserved"}
+        | {"waterLevel": float(n)}
+        for n in (1, 2, 3)
+    ]
+    data = notes[concise]["data"]
+    assert sorted(d["id"][-1] for d in data) == ["1", "2"]  # selectors' union, no duplicates
+    assert all("modifiedAt" in d and "type" not in d["waterLevel"] for d in data)
+    assert data[0]["name"]["value"].startswith("秋山川")
+    ld = [h for h, n in zip(receiver.headers, receiver.received, strict=True) if n is kv_note]
+    assert ld[0]["Content-Type"] == "application/ld+json"
+
+
+def test_time_interval_stops_when_paused_expired_or_deleted(
+    client: TestClient, receiver: Receiver
+) -> None:
+    p = periodic(client)
+    client.post(E, json=sensor())
+    paused = subscribe(client, subscription(receiver.url, timeInterval=60))
+    expiring = subscribe(client, subscription(receiver.url, timeInterval=60, expiresAt=at(T0 + 90)))
+    doomed = subscribe(client, subscription(receiver.url, timeInterval=60))
+    assert tick(client, p, T0) == 0
+    assert tick(client, p, T0 + 60) == 3
+    assert {n["subscriptionId"] for n in receiver.wait(3)} == {paused, expiring, doomed}
+    assert client.patch(f"{S}/{paused}", json={"isActive": False}).status_code == 204
+    assert client.delete(f"{S}/{doomed}").status_code == 204
+    assert tick(client, p, T0 + 120) == 0
+    assert tick(client, p, T0 + 180) == 0
+    assert client.patch(f"{S}/{paused}", json={"isActive": True}).status_code == 204
+    set_level(client, 8.0)
+    assert tick(client, p, T0 + 200) == 0  # resuming starts a fresh interval ...
+    assert tick(client, p, T0 + 240) == 0  # ... rather than keeping the paused schedule
+    assert tick(client, p, T0 + 260) == 1
+    notes = receiver.wait(4)
+    assert notes[3]["subscriptionId"] == paused
+    assert levels(notes[3:]) == [8.0]
+
+
+def test_time_interval_refuses_change_only_members_on_update(client: TestClient) -> None:
+    watched = subscribe(client, subscription("http://127.0.0.1:9/n", watchedAttributes=["x"]))
+    r = client.patch(f"{S}/{watched}", json={"timeInterval": 60})
+    assert problem(r, 400, "BadRequestData")["detail"].startswith("watchedAttributes")
+    timed = subscribe(client, subscription("http://127.0.0.1:9/n", timeInterval=60))
+    r = client.patch(f"{S}/{timed}", json={"throttling": 5})
+    assert problem(r, 400, "BadRequestData")["detail"].startswith("throttling")
+    assert "throttling" not in client.get(f"{S}/{timed}").json()
+
+
+def test_periodic_notifications_reach_a_receiver_down_then_up_in_order(
+    client: TestClient, receiver: Receiver
+) -> None:
+    clock = fake_clock(client)
+    p = periodic(client)
+    receiver.status = 503
+    client.post(E, json=sensor(level=1.0))
+    sub_id = subscribe(client, subscription(receiver.url, timeInterval=60))
+    tick(client, p, T0)
+    for n, level in enumerate((2.0, 3.0, 4.0), 1):
+        set_level(client, level)
+        assert tick(client, p, T0 + 60 * n) == 1
+    for _ in range(3):
+        wait_until(lambda: bool(clock.waiters))  # the worker waits to retry
+        advance(client, clock, 60)
+    wait_until(lambda: client.get(f"{S}/{sub_id}").json()["notification"]["timesFailed"] >= 3)
+    assert receiver.received == []
+    receiver.status = 204
+    wait_until(lambda: bool(clock.waiters))
+    advance(client, clock, 60)
+    assert levels(receiver.wait(3)) == [2.0, 3.0, 4.0]
+
+
+def test_periodic_notifications_survive_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.status = 503
+    with make_client(tmp_path) as c1:
+        fake_clock(c1)  # failed attempts wait for a clock that never moves
+        p = periodic(c1)
+        c1.post(E, json=sensor(level=1.0))
+        sub_id = subscribe(c1, subscription(receiver.url, timeInterval=60))
+        tick(c1, p, T0)
+        for n, level in enumerate((2.0, 3.0), 1):
+            set_level(c1, level)
+            assert tick(c1, p, T0 + 60 * n) == 1
+        wait_until(lambda: c1.get(f"{S}/{sub_id}").json()["notification"]["timesFailed"] >= 1)
+    assert receiver.received == []
+    receiver.status = 204
+    with make_client(tmp_path) as c2:
+        assert levels(receiver.wait(2)) == [2.0, 3.0]
+        assert c2.get(f"{S}/{sub_id}").json()["timeInterval"] == 60
+
+
+def test_the_broker_runs_periodic_notifications_on_its_own(
+    client: TestClient, receiver: Receiver
+) -> None:
+    client.post(E, json=sensor(level=1.0))
+    sub_id = subscribe(client, subscription(receiver.url, timeInterval=0.1))
+    notes = receiver.wait(2)  # the background loop on the wall clock, no test tick
+    assert [n["subscriptionId"] for n in notes[:2]] == [sub_id, sub_id]
+    assert levels(notes[:2]) == [1.0, 1.0]

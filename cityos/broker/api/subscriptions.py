@@ -15,7 +15,7 @@ from cityos.broker.api import params
 from cityos.broker.api.common import Broker, begin, created, json_response, no_content
 from cityos.broker.errors import AlreadyExists, NgsiError, ResourceNotFound, TooManyResults
 from cityos.broker.model import Doc
-from cityos.broker.notify import Sender
+from cityos.broker.notify import Periodic, Sender
 from cityos.http.routing import Handler
 from cityos.jsonld.context import ActiveContext
 from cityos.storage.sqlite import SqliteStorage
@@ -26,11 +26,18 @@ log = logging.getLogger("cityos.subscriptions")
 
 #: id(broker) -> its running sender, for tests that drive delivery with their own clock
 SENDERS: dict[int, Sender] = {}
+#: id(broker) -> its periodic notifier, for tests that drive timeInterval with their own times
+PERIODICS: dict[int, Periodic] = {}
 
 
 def sender_of(broker: Broker) -> Sender:
     """Return the notification sender of a running broker."""
     return SENDERS[id(broker)]
+
+
+def periodic_of(broker: Broker) -> Periodic:
+    """Return the periodic (timeInterval) notifier of a running broker."""
+    return PERIODICS[id(broker)]
 
 
 def _not_found(sub_id: str) -> ResourceNotFound:
@@ -48,6 +55,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     assert isinstance(store, SqliteStorage), "subscriptions need the SQLite engine"
     subs = SubscriptionStore(store, Registry())
     sender = Sender(subs)
+    periodic = Periodic(subs, store)
 
     async def notification_context(doc: Doc, fallback: ActiveContext) -> ActiveContext:
         source = doc.get("jsonldContext", doc.get("context"))
@@ -77,8 +85,12 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         await store.write(install)
         SENDERS[id(broker)] = sender
         await sender.start()
+        PERIODICS[id(broker)] = periodic
+        await periodic.start()
 
     async def stop() -> None:
+        await periodic.stop()
+        PERIODICS.pop(id(broker), None)
         await sender.stop()
         SENDERS.pop(id(broker), None)
 
