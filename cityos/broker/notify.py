@@ -25,7 +25,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -129,6 +129,7 @@ class Sender:
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._last_sent: dict[tuple[str, str], float] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Future[None]] = set()
         self._mqtt: dict[tuple[Any, ...], aiomqtt.Client] = {}
         #: called after every delivery attempt (tests wait on it instead of sleeping)
         self.on_attempt: Callable[[], None] = lambda: None
@@ -153,12 +154,28 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        await self.flush()
         if self._client is not None:
             await self._client.aclose()
         for client in self._mqtt.values():
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
         self._mqtt.clear()
+
+    def _track(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(write)
+        self._acks.add(task)
+        task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Future[None]) -> None:
+        self._acks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a delivery failed: %s", task.exception())
+
+    async def flush(self) -> None:
+        """Wait until every delivery so far is recorded in the store."""
+        while self._acks:
+            await asyncio.gather(*list(self._acks), return_exceptions=True)
 
     def backlog(self) -> int:
         """Return how many notifications wait in memory for delivery."""
@@ -217,7 +234,10 @@ class Sender:
                 ok = await self._deliver(live, payload)
                 if ok:
                     self._last_sent[key] = self.clock.monotonic()
-                    await self._subs.delivered(key[0], key[1], [r.seq for r in batch], at)
+                    # Record the delivery without waiting for its commit: the next send starts
+                    # at once (order is kept: sends are sequential). A crash before the commit
+                    # resends, which at-least-once delivery allows.
+                    self._track(self._subs.delivered(key[0], key[1], [r.seq for r in batch], at))
                     for _ in batch:
                         queue.popleft()
                     attempts = 0
