@@ -140,6 +140,8 @@ def record_change(conn: sqlite3.Connection, change: Change) -> None:
     at = to_micros(change.at)
     pending: list[tuple[str, Instance]] = []
     for attr, insts in new.get("attrs", {}).items():
+        if old_attrs.get(attr) is insts:
+            continue  # a merge or patch left this attribute's instances untouched
         before = {i.get("datasetId"): i for i in old_attrs.get(attr, ())}
         for inst in insts:
             prev = before.get(inst.get("datasetId"))
