@@ -82,4 +82,5 @@ def create_app(settings: Settings) -> ASGIApp:
     app: ASGIApp = TrailingSlashMiddleware(router)
     app = ErrorMiddleware(app)
     app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
+    app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

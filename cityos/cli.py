@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
@@ -110,18 +111,16 @@ def demo(host: str | None, port: int | None, data_dir: Path | None, serve: bool)
     """Load Sano's demo river gauges and shelters, then run the server."""
     import asyncio
 
-    from cityos.app import make_storage
+    from cityos.app import create_app
     from cityos.demo.seed import seed
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
 
     async def load() -> int:
-        store = make_storage(settings)
-        await store.start()
-        try:
-            return await seed(store)
-        finally:
-            await store.close()
+        # through the whole app, so history and subscriptions see the demo data arrive
+        app: Any = create_app(settings)
+        async with app.lifespan(app):
+            return await seed(app.broker.store)
 
     n = asyncio.run(load())
     base = f"http://{settings.host}:{settings.port}/ngsi-ld/v1"

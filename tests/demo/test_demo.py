@@ -36,3 +36,15 @@ def test_demo_loads_sano_and_is_idempotent(tmp_path: Path) -> None:
         assert names[0] == "佐野市役所"
         assert "城北小学校 体育館" in names
         assert "葛生体育館" not in names  # about 10 km away
+
+
+def test_demo_data_has_history(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--no-serve", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with make_client(tmp_path) as c:
+        r = c.get(
+            "/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi",
+            params={"attrs": "waterLevel", "options": "temporalValues"},
+        )
+        assert r.status_code == 200, r.text
+        assert [v[0] for v in r.json()["waterLevel"]["values"]] == [1.42]
