@@ -778,3 +778,13 @@ def test_the_broker_runs_periodic_notifications_on_its_own(
     notes = receiver.wait(2)  # the background loop on the wall clock, no test tick
     assert [n["subscriptionId"] for n in notes[:2]] == [sub_id, sub_id]
     assert levels(notes[:2]) == [1.0, 1.0]
+
+
+def test_lang_picks_the_language_of_notified_language_properties(
+    client: TestClient, receiver: Receiver
+) -> None:
+    subscribe(client, subscription(receiver.url, lang="en", notification={"format": "keyValues"}))
+    label = {"type": "LanguageProperty", "languageMap": {"ja": "秋山川", "en": "Akiyama River"}}
+    client.post(E, json=sensor(level=1.0, label=label))
+    (note,) = receiver.wait(1)
+    assert note["data"][0]["label"] == "Akiyama River"
