@@ -47,6 +47,9 @@ log = logging.getLogger("cityos.notify")
 BACKOFF_BASE: Final = 1.0
 BACKOFF_CAP: Final = 60.0
 FETCH: Final = 1000
+#: at most this many notifications of one subscription are held in memory; the rest wait in
+#: the outbox until the receiver catches up
+MAX_QUEUE: Final = 1000
 #: at most this many queued notifications are sent as one throttled notification
 MAX_MERGE: Final = 100
 HTTP_TIMEOUT: Final = 10.0
@@ -130,6 +133,10 @@ class Sender:
         self._last_sent: dict[tuple[str, str], float] = {}
         self._reader: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Future[None]] = set()
+        #: subscriptions whose later notifications were left in the outbox (queue full)
+        self._overflow: set[tuple[str, str]] = set()
+        self._skipped: dict[tuple[str, str], int] = {}  # highest seq left in the outbox
+        self._loaded: dict[tuple[str, str], int] = {}  # highest seq taken into memory
         self._mqtt: dict[tuple[Any, ...], aiomqtt.Client] = {}
         #: called after every delivery attempt (tests wait on it instead of sleeping)
         self.on_attempt: Callable[[], None] = lambda: None
@@ -204,7 +211,15 @@ class Sender:
                 for row in rows:
                     self._last_seq = row.seq
                     key = (row.tenant, row.sub_id)
-                    self._queues.setdefault(key, deque()).append(row)
+                    queue = self._queues.setdefault(key, deque())
+                    if key in self._overflow or len(queue) >= MAX_QUEUE:
+                        # A receiver that is far behind: leave the rest in the outbox (memory
+                        # stays bounded); its worker reads it back in order as it catches up.
+                        self._overflow.add(key)
+                        self._skipped[key] = row.seq
+                    else:
+                        queue.append(row)
+                        self._loaded[key] = row.seq
                     if key not in self._workers:
                         self._workers[key] = asyncio.create_task(self._work(key))
                 if len(rows) < FETCH:
@@ -215,10 +230,15 @@ class Sender:
         queue = self._queues[key]
         attempts = 0
         try:
-            while queue:
+            while True:
+                if not queue and key in self._overflow:
+                    await self._refill(key, queue)
+                if not queue:
+                    break
                 live = self._subs.registry.get(*key)
                 if live is None:  # deleted, and its outbox rows with it
                     queue.clear()
+                    self._overflow.discard(key)
                     break
                 batch = [queue[0]]
                 if live.throttling:
@@ -251,6 +271,22 @@ class Sender:
             if not queue:
                 self._queues.pop(key, None)
             self._workers.pop(key, None)
+
+    async def _refill(self, key: tuple[str, str], queue: deque[Queued]) -> None:
+        """Read a subscription's next notifications back from the outbox, in order."""
+        while True:
+            rows = await self._subs.queued_for(key[0], key[1], self._loaded.get(key, 0), MAX_QUEUE)
+            for row in rows:
+                queue.append(row)
+                self._loaded[key] = row.seq
+            if len(rows) == MAX_QUEUE:
+                return  # more wait in the outbox: read them when these are sent
+            # Rows the reader skipped while this read was running are read again, so that
+            # nothing stays behind once the reader takes over again.
+            if self._skipped.get(key, 0) <= self._loaded.get(key, 0):
+                self._overflow.discard(key)
+                self._skipped.pop(key, None)
+                return
 
     async def _deliver(self, live: Live, payload: Doc) -> bool:
         uri: str = live.doc["notification"]["endpoint"]["uri"]

@@ -237,6 +237,20 @@ class SubscriptionStore:
         result: list[Queued] = await self._store.write(run)
         return result
 
+    async def queued_for(self, tenant: str, sub_id: str, after: int, limit: int) -> list[Queued]:
+        """Return one subscription's outbox rows after a sequence number, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[Queued]:
+            rows = conn.execute(
+                "SELECT seq, tenant, sub_id, payload FROM notification_outbox "
+                "WHERE tenant=? AND sub_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (tenant, sub_id, after, limit),
+            ).fetchall()
+            return [Queued(s, t, i, orjson.loads(p)) for s, t, i, p in rows]
+
+        result: list[Queued] = await self._store.write(run)
+        return result
+
     async def delivered(self, tenant: str, sub_id: str, seqs: list[int], at: str) -> None:
         """Drop delivered notifications and count the success."""
 

@@ -788,3 +788,24 @@ def test_lang_picks_the_language_of_notified_language_properties(
     client.post(E, json=sensor(level=1.0, label=label))
     (note,) = receiver.wait(1)
     assert note["data"][0]["label"] == "Akiyama River"
+
+
+def test_a_long_outage_keeps_memory_bounded_and_loses_nothing(
+    client: TestClient, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cityos.broker import notify
+
+    monkeypatch.setattr(notify, "MAX_QUEUE", 3)
+    clock = fake_clock(client)
+    subscribe(client, subscription(receiver.url, watchedAttributes=["waterLevel"]))
+    receiver.status = 503
+    client.post(E, json=sensor(level=0.0))
+    for level in range(1, 12):
+        set_level(client, float(level))
+    wait_until(lambda: bool(clock.waiters))  # the first attempt failed; back-off waits
+    sender = sender_of(client.app.broker)  # type: ignore[attr-defined]
+    assert sender.backlog() <= 3  # the other notifications wait in the outbox, not in memory
+    receiver.status = 204
+    advance(client, clock, 60)
+    notes = receiver.wait(12)
+    assert levels(notes) == [float(n) for n in range(12)]
