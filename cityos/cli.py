@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import uvicorn
@@ -76,6 +76,25 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def server_options(command: F) -> F:
+    """Add the --host, --port and --data-dir options every server command takes."""
+    command = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder for the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
+    )(command)
+    command = click.option(
+        "--port", type=int, default=None, help="TCP port [env CITYOS_PORT; 8000]"
+    )(command)
+    return click.option(
+        "--host", default=None, help="Interface to listen on [env CITYOS_HOST; 127.0.0.1]"
+    )(command)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="cityos")
 def main() -> None:
@@ -83,14 +102,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=None, help="Interface to listen on [env CITYOS_HOST; 127.0.0.1]")
-@click.option("--port", type=int, default=None, help="TCP port [env CITYOS_PORT; 8000]")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
+@server_options
 @click.option("--access-log/--no-access-log", default=False, help="Log every request")
 def serve(host: str | None, port: int | None, data_dir: Path | None, access_log: bool) -> None:
     """Run the cityos server (NGSI-LD API under /ngsi-ld/v1, health at /-/health)."""
@@ -98,14 +110,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, access_log:
 
 
 @main.command()
-@click.option("--host", default=None, help="Interface to listen on [env CITYOS_HOST; 127.0.0.1]")
-@click.option("--port", type=int, default=None, help="TCP port [env CITYOS_PORT; 8000]")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
+@server_options
 @click.option("--serve/--no-serve", default=True, help="Start the server after loading")
 def demo(host: str | None, port: int | None, data_dir: Path | None, serve: bool) -> None:
     """Load Sano's demo river gauges and shelters, then run the server."""

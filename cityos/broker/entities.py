@@ -106,6 +106,30 @@ def merge_instance(old: Instance, patch: Instance, now: str) -> Instance:
     return merged
 
 
+def _start_from(
+    cur: Doc | None,
+    entity_id: str,
+    types: list[str],
+    scope: list[str] | None,
+    now: str,
+    *,
+    create: bool,
+) -> Doc:
+    """Return a copy of the current entity (or a new one, when create allows) with the
+    given types added and scope set: the common start of merge, append and update."""
+    if cur is None:
+        if not create:
+            raise not_found(entity_id)
+        if not types:
+            raise BadRequestData("type: missing (every entity needs a type)")
+        cur = {"id": entity_id, "type": [], "createdAt": now, "modifiedAt": now, "attrs": {}}
+    new = dict(cur)
+    new["type"] = cur["type"] + [t for t in types if t not in cur["type"]]
+    if scope is not None:
+        new["scope"] = scope
+    return new
+
+
 def _is_null(inst: Any) -> bool:
     if not isinstance(inst, dict):
         return False
@@ -177,23 +201,8 @@ class EntityService:
         now = self.now
 
         def fn(cur: Doc | None) -> Doc:
-            if cur is None:
-                if not create:
-                    raise not_found(entity_id)
-                if not types:
-                    raise BadRequestData("type: missing (every entity needs a type)")
-                cur = {
-                    "id": entity_id,
-                    "type": [],
-                    "createdAt": now,
-                    "modifiedAt": now,
-                    "attrs": {},
-                }
-            new = dict(cur)
-            new["type"] = cur["type"] + [t for t in types if t not in cur["type"]]
-            if scope is not None:
-                new["scope"] = scope
-            cur_attrs = dict(cur.get("attrs", {}))
+            new = _start_from(cur, entity_id, types, scope, now, create=create)
+            cur_attrs = dict(new.get("attrs", {}))
             for iri in deletions:
                 cur_attrs.pop(iri, None)
             for iri, insts in attrs.items():
@@ -246,23 +255,8 @@ class EntityService:
         def fn(cur: Doc | None) -> Doc:
             result.updated.clear()
             result.not_updated.clear()
-            if cur is None:
-                if not create:
-                    raise not_found(entity_id)
-                if not types:
-                    raise BadRequestData("type: missing (every entity needs a type)")
-                cur = {
-                    "id": entity_id,
-                    "type": [],
-                    "createdAt": now,
-                    "modifiedAt": now,
-                    "attrs": {},
-                }
-            new = dict(cur)
-            new["type"] = cur["type"] + [t for t in types if t not in cur["type"]]
-            if scope is not None:
-                new["scope"] = scope
-            cur_attrs = dict(cur.get("attrs", {}))
+            new = _start_from(cur, entity_id, types, scope, now, create=create)
+            cur_attrs = dict(new.get("attrs", {}))
             for iri, insts in attrs.items():
                 existing = cur_attrs.get(iri)
                 if existing is None and only_existing:

@@ -44,22 +44,11 @@ RENDER_PARAMS = frozenset(
         "via",
     }
 )
-QUERY_PARAMS = RENDER_PARAMS | frozenset(
-    {
-        "id",
-        "idPattern",
-        "type",
-        "q",
-        "scopeQ",
-        "georel",
-        "geometry",
-        "coordinates",
-        "geoproperty",
-        "limit",
-        "offset",
-        "count",
-    }
+#: the parameters that select entities (GET /entities filters, also used by purge)
+FILTER_PARAMS = frozenset(
+    {"id", "idPattern", "type", "q", "scopeQ", "georel", "geometry", "coordinates", "geoproperty"}
 )
+QUERY_PARAMS = RENDER_PARAMS | FILTER_PARAMS | frozenset({"limit", "offset", "count"})
 
 
 def check_known(params: QueryParams, allowed: Iterable[str]) -> None:

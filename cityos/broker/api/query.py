@@ -169,20 +169,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
 
     async def purge_entities(request: Request) -> Response:
         qp = request.query_params
-        params.check_known(
-            qp,
-            (
-                "id",
-                "idPattern",
-                "type",
-                "q",
-                "scopeQ",
-                "georel",
-                "geometry",
-                "coordinates",
-                "geoproperty",
-            ),
-        )
+        params.check_known(qp, params.FILTER_PARAMS)
         if qp.get("type") is None and qp.get("id") is None and qp.get("idPattern") is None:
             raise BadRequestData("type: purging entities needs at least type, id or idPattern")
         call = await begin(broker, request)
