@@ -1,0 +1,1 @@
+"""Device provisioning and south-bound ingestion compatible with FIWARE IoT Agents."""
