@@ -17,6 +17,7 @@ from cityos.broker.api.common import Broker
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
+from cityos.iot import api as iot_api
 from cityos.jsonld.loader import ContextLoader
 from cityos.settings import Settings
 from cityos.storage.base import Storage
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> ASGIApp:
         + contexts_api.routes(broker)
         + subscriptions.routes(broker)
         + temporal.routes(broker)
+        + iot_api.routes(broker)
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],

@@ -1,0 +1,203 @@
+"""SQLite tables of IoT Agent config groups and devices, per tenant (Fiware-Service)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Final
+
+import orjson
+
+from cityos.storage.sqlite import SqliteStorage
+
+DDL: Final = (
+    # (resource, apikey) is unique across tenants: a south-bound request names no service,
+    # so the apikey alone must lead to one group.
+    """CREATE TABLE IF NOT EXISTS iot_groups(
+        tenant TEXT NOT NULL,
+        service_path TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        apikey TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        UNIQUE(resource, apikey)
+    )""",
+    "CREATE INDEX IF NOT EXISTS iot_groups_tenant ON iot_groups(tenant)",
+    "CREATE INDEX IF NOT EXISTS iot_groups_apikey ON iot_groups(apikey)",
+    """CREATE TABLE IF NOT EXISTS iot_devices(
+        tenant TEXT NOT NULL,
+        service_path TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        UNIQUE(tenant, device_id)
+    )""",
+)
+
+Row = tuple[str, dict[str, Any]]  # (service path, provisioning JSON)
+
+
+class IotStore:
+    """Config groups and devices in the broker's SQLite file."""
+
+    def __init__(self, store: SqliteStorage) -> None:
+        self._store = store
+
+    async def setup(self) -> None:
+        """Create the tables if needed."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            for stmt in DDL:
+                conn.execute(stmt)
+
+        await self._store.write(run)
+
+    # -- groups -------------------------------------------------------------------------------
+
+    async def insert_groups(
+        self, tenant: str, path: str, groups: list[tuple[str, str, dict[str, Any]]]
+    ) -> tuple[str, str] | None:
+        """Insert (resource, apikey, doc) rows, all or none; return a taken pair, if any."""
+
+        def run(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            for resource, apikey, _ in groups:
+                taken = conn.execute(
+                    "SELECT 1 FROM iot_groups WHERE resource=? AND apikey=?", (resource, apikey)
+                ).fetchone()
+                if taken:
+                    return resource, apikey
+            conn.executemany(
+                "INSERT INTO iot_groups(tenant, service_path, resource, apikey, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(tenant, path, r, k, orjson.dumps(d).decode()) for r, k, d in groups],
+            )
+            return None
+
+        result: tuple[str, str] | None = await self._store.write(run)
+        return result
+
+    async def list_groups(self, tenant: str) -> list[Row]:
+        """Return the groups of a tenant in creation order."""
+
+        def run(conn: sqlite3.Connection) -> list[Row]:
+            rows = conn.execute(
+                "SELECT service_path, doc FROM iot_groups WHERE tenant=? ORDER BY rowid", (tenant,)
+            ).fetchall()
+            return [(p, orjson.loads(d)) for p, d in rows]
+
+        result: list[Row] = await self._store.read(run)
+        return result
+
+    async def groups_by_apikey(self, apikey: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """Return (tenant, service path, resource, doc) of every group with this apikey."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str, str, dict[str, Any]]]:
+            rows = conn.execute(
+                "SELECT tenant, service_path, resource, doc FROM iot_groups WHERE apikey=? "
+                "ORDER BY rowid",
+                (apikey,),
+            ).fetchall()
+            return [(t, p, r, orjson.loads(d)) for t, p, r, d in rows]
+
+        result: list[tuple[str, str, str, dict[str, Any]]] = await self._store.read(run)
+        return result
+
+    async def update_group(
+        self, tenant: str, resource: str, apikey: str, doc: dict[str, Any]
+    ) -> bool:
+        """Replace a group's document; return False if it does not exist."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE iot_groups SET doc=? WHERE tenant=? AND resource=? AND apikey=?",
+                (orjson.dumps(doc).decode(), tenant, resource, apikey),
+            )
+            return cur.rowcount > 0
+
+        ok: bool = await self._store.write(run)
+        return ok
+
+    async def delete_group(self, tenant: str, resource: str, apikey: str) -> bool:
+        """Delete a group; return False if it does not exist."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM iot_groups WHERE tenant=? AND resource=? AND apikey=?",
+                (tenant, resource, apikey),
+            )
+            return cur.rowcount > 0
+
+        ok: bool = await self._store.write(run)
+        return ok
+
+    # -- devices ------------------------------------------------------------------------------
+
+    async def insert_devices(
+        self, tenant: str, path: str, devices: list[tuple[str, dict[str, Any]]]
+    ) -> str | None:
+        """Insert (device_id, doc) rows, all or none; return a device id already taken, if any."""
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            for device_id, _ in devices:
+                taken = conn.execute(
+                    "SELECT 1 FROM iot_devices WHERE tenant=? AND device_id=?",
+                    (tenant, device_id),
+                ).fetchone()
+                if taken:
+                    return device_id
+            conn.executemany(
+                "INSERT INTO iot_devices(tenant, service_path, device_id, doc) VALUES (?, ?, ?, ?)",
+                [(tenant, path, i, orjson.dumps(d).decode()) for i, d in devices],
+            )
+            return None
+
+        result: str | None = await self._store.write(run)
+        return result
+
+    async def list_devices(self, tenant: str) -> list[Row]:
+        """Return the devices of a tenant in creation order."""
+
+        def run(conn: sqlite3.Connection) -> list[Row]:
+            rows = conn.execute(
+                "SELECT service_path, doc FROM iot_devices WHERE tenant=? ORDER BY rowid",
+                (tenant,),
+            ).fetchall()
+            return [(p, orjson.loads(d)) for p, d in rows]
+
+        result: list[Row] = await self._store.read(run)
+        return result
+
+    async def get_device(self, tenant: str, device_id: str) -> Row | None:
+        """Return a device's (service path, doc), or None."""
+
+        def run(conn: sqlite3.Connection) -> Row | None:
+            row = conn.execute(
+                "SELECT service_path, doc FROM iot_devices WHERE tenant=? AND device_id=?",
+                (tenant, device_id),
+            ).fetchone()
+            return None if row is None else (row[0], orjson.loads(row[1]))
+
+        result: Row | None = await self._store.read(run)
+        return result
+
+    async def update_device(self, tenant: str, device_id: str, doc: dict[str, Any]) -> bool:
+        """Replace a device's document; return False if it does not exist."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE iot_devices SET doc=? WHERE tenant=? AND device_id=?",
+                (orjson.dumps(doc).decode(), tenant, device_id),
+            )
+            return cur.rowcount > 0
+
+        ok: bool = await self._store.write(run)
+        return ok
+
+    async def delete_device(self, tenant: str, device_id: str) -> bool:
+        """Delete a device; return False if it does not exist."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM iot_devices WHERE tenant=? AND device_id=?", (tenant, device_id)
+            )
+            return cur.rowcount > 0
+
+        ok: bool = await self._store.write(run)
+        return ok
