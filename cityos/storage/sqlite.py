@@ -66,6 +66,28 @@ CREATE TABLE IF NOT EXISTS kv(
 """
 
 
+def content_filters(
+    q: Any, scope_q: Any, geo: Any, geoproperty: str, expand: Callable[[str], str]
+) -> tuple[list[str], list[Any]]:
+    """Compile the q, scopeQ and geo conditions on an entity row ``e`` (queries and
+    subscription matching share them)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if q is not None:
+        sql, p = attrindex.compile_q(q, expand)
+        clauses.append(sql)
+        params.extend(p)
+    if scope_q is not None:
+        sql, p = attrindex.compile_scope_q(scope_q)
+        clauses.append(sql)
+        params.extend(p)
+    if geo is not None:
+        sql, p = geoindex.compile_geo(geo, geoproperty)
+        clauses.append(sql)
+        params.extend(p)
+    return clauses, params
+
+
 class SchemaError(RuntimeError):
     """The database file was made by an incompatible version of cityos."""
 
@@ -249,19 +271,10 @@ class SqliteStorage(Storage):
                 f"EXISTS (SELECT 1 FROM entity_attrs x WHERE x.rid=e.rid AND x.attr IN ({marks}))"
             )
             params.extend(sorted(query.attrs))
-        if query.q is not None:
-            sql, p = attrindex.compile_q(query.q, query.expand)
-            clauses.append(sql)
-            params.extend(p)
-        if query.scope_q is not None:
-            sql, p = attrindex.compile_scope_q(query.scope_q)
-            clauses.append(sql)
-            params.extend(p)
-        if query.geo is not None:
-            sql, p = geoindex.compile_geo(query.geo, query.geoproperty or "")
-            clauses.append(sql)
-            params.extend(p)
-        return " AND ".join(clauses), params
+        more, more_params = content_filters(
+            query.q, query.scope_q, query.geo, query.geoproperty or "", query.expand
+        )
+        return " AND ".join([*clauses, *more]), [*params, *more_params]
 
     def _query_sync(self, conn: sqlite3.Connection, tenant: str, query: EntityQuery) -> QueryResult:
         # one read transaction: the count and the page see the same snapshot
@@ -289,7 +302,7 @@ class SqliteStorage(Storage):
         self, tenant: str, query: EntityQuery, handles: dict[geoindex.Handle, int]
     ) -> tuple[str, list[Any]]:
         where, params = self._where(tenant, query)
-        return where, [handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
+        return where, geoindex.bind(params, handles)
 
     def _page(
         self,
@@ -327,9 +340,7 @@ class SqliteStorage(Storage):
             step = replace(query, geo=replace(geo, max_distance=radius)) if radius else query
             with geoindex.query_scope(step.geo) as step_handles:
                 where, params = self._bound(tenant, step, step_handles)
-                order_params = [
-                    step_handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in dist[1]
-                ]
+                order_params = geoindex.bind(dist[1], step_handles)
                 # sort rids only; the documents of the page are read afterwards
                 rids = [
                     r[0]
@@ -529,9 +540,7 @@ class SqliteStorage(Storage):
         def run(conn: sqlite3.Connection) -> int:
             where, params = self._where(tenant, query)
             with geoindex.query_scope(query.geo) as geo_params:
-                params = [
-                    geo_params.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params
-                ]
+                params = geoindex.bind(params, geo_params)
                 # documents are read only when a hook wants to see what was deleted
                 doc = "e.doc" if self._change_hooks else "NULL"
                 rows = conn.execute(

@@ -69,6 +69,11 @@ def query_scope(query: GeoQuery | None) -> Iterator[dict[Handle, int]]:
             del _registry[key]
 
 
+def bind(params: list[Any], handles: dict[Handle, int]) -> list[Any]:
+    """Replace the HANDLE placeholders in compiled parameters by the registered query's id."""
+    return [handles.get(p, p) if isinstance(p, Handle) else p for p in params]
+
+
 def _lookup(key: int) -> GeoQuery:
     query = _registry.get(key)
     if query is None:

@@ -23,10 +23,9 @@ import orjson
 
 from cityos.broker.model import Doc
 from cityos.broker.subscriptions import Counters, Live
-from cityos.storage import sqlite_attrindex as attrindex
 from cityos.storage import sqlite_geo as geoindex
 from cityos.storage.base import Change
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import SqliteStorage, content_filters
 
 log = logging.getLogger("cityos.subscriptions")
 
@@ -328,20 +327,9 @@ class SubscriptionStore:
         key = (live.tenant, live.id)
         cached = self._sql.get(key)
         if cached is None or cached[0] is not live:
-            clauses: list[str] = []
-            params: list[Any] = []
-            if live.q is not None:
-                sql, p = attrindex.compile_q(live.q, live.expand)
-                clauses.append(sql)
-                params.extend(p)
-            if live.scope_q is not None:
-                sql, p = attrindex.compile_scope_q(live.scope_q)
-                clauses.append(sql)
-                params.extend(p)
-            if live.geo_q is not None:
-                sql, p = geoindex.compile_geo(live.geo_q, live.geoproperty)
-                clauses.append(sql)
-                params.extend(p)
+            clauses, params = content_filters(
+                live.q, live.scope_q, live.geo_q, live.geoproperty, live.expand
+            )
             cached = self._sql[key] = (
                 live,
                 "SELECT 1 FROM entities e WHERE e.rid=? AND " + " AND ".join(clauses),
@@ -349,5 +337,4 @@ class SubscriptionStore:
             )
         _, sql, params = cached
         with geoindex.query_scope(live.geo_q) as handles:
-            bound = [handles.get(p, p) if isinstance(p, geoindex.Handle) else p for p in params]
-            return conn.execute(sql, [rid, *bound]).fetchone() is not None
+            return conn.execute(sql, [rid, *geoindex.bind(params, handles)]).fetchone() is not None
