@@ -19,6 +19,7 @@ from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
 from cityos.iot import api as iot_api
 from cityos.jsonld.loader import ContextLoader
+from cityos.safety import rules
 from cityos.settings import Settings
 from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
@@ -40,6 +41,9 @@ def create_app(settings: Settings) -> ASGIApp:
         hosted_base=settings.base_url + contexts_api.PATH + "/",
     )
     broker = Broker(store, loader, settings)
+    if isinstance(store, SqliteStorage):
+        for rule in rules.RULES:
+            store.add_rule(rule)
     ready = False
 
     @contextlib.asynccontextmanager

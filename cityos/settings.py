@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
@@ -28,6 +29,15 @@ class Settings:
     sqlite_sync: str = "NORMAL"
     query_threads: int = 2
     history_retention: int | None = None  # seconds of attribute history kept; None: forever
+    mqtt_url: str | None = None  # mqtt://host:port of the broker devices publish to; None: no MQTT
+    mqtt_group: str = "cityos"  # shared-subscription group, so several workers split the load
+
+    @property
+    def mqtt(self) -> tuple[str, int, str | None, str | None] | None:
+        """Return (host, port, username, password) of CITYOS_MQTT_URL, or None when unset."""
+        if self.mqtt_url is None:
+            return None
+        return parse_mqtt_url(self.mqtt_url)
 
     @property
     def sqlite_path(self) -> Path:
@@ -54,6 +64,21 @@ class Settings:
     def with_overrides(self, **values: Any) -> Settings:
         """Return a copy with the given non-None values applied."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
+    """Split mqtt://[user[:password]@]host[:port] into its parts, refusing anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in {"", "/"}:
+        raise SettingsError(
+            f"CITYOS_MQTT_URL must look like mqtt://host:1883 or mqtt://user:password@host:1883, "
+            f"got {url!r}"
+        )
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        raise SettingsError(f"CITYOS_MQTT_URL: bad port in {url!r}") from None
+    return parts.hostname, port, parts.username, parts.password
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -109,6 +134,9 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         sqlite_sync=sync,
         query_threads=max(1, _int(e, "CITYOS_QUERY_THREADS", 2)),
         history_retention=_retention(e),
+        mqtt_url=e.get("CITYOS_MQTT_URL") or None,
+        mqtt_group=e.get("CITYOS_MQTT_GROUP") or "cityos",
     )
+    _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early
     return s

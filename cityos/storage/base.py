@@ -26,6 +26,12 @@ class Mutation:
     fn: MutateFn
 
 
+#: rule(old, new) -> (new, more): derive attributes of an entity being written (returning the
+#: document to store instead of new) and further writes (e.g. an Alert) that commit with it.
+#: Rules run in the writer, so they must be quick, pure and never block.
+Rule = Callable[[Doc | None, Doc], tuple[Doc, list[Mutation]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entity changed: what it was, what it is (None when absent), and when."""

@@ -28,11 +28,14 @@ from cityos.storage.base import (
     Mutation,
     Outcome,
     QueryResult,
+    Rule,
     Storage,
     TypeInfo,
 )
 from cityos.storage.sqlite_writer import Checkpointer, Writer
 
+#: derived writes may cause derived writes, this many levels deep at most
+MAX_RULE_DEPTH = 4
 #: bumped whenever the schema changes; an older database file is refused with a clear message
 SCHEMA_VERSION = 1
 
@@ -178,6 +181,7 @@ class SqliteStorage(Storage):
         self._inline: sqlite3.Connection | None = None
         self._tenants: set[str] = {""}
         self._change_hooks: list[ChangeHook] = []
+        self._rules: list[Rule] = []
         #: (tenant, geoproperty, rows needed rounded up to a power of 2) -> the fraction of
         #: maxDistance that sufficed last time
         self._near_hint: dict[tuple[str, str | None, int], float] = {}
@@ -470,7 +474,9 @@ class SqliteStorage(Storage):
         self._unindex(conn, rid)
         conn.execute("DELETE FROM entities WHERE rid=?", (rid,))
 
-    def _mutate(self, conn: sqlite3.Connection, tenant: str, m: Mutation) -> Outcome:
+    def _mutate(
+        self, conn: sqlite3.Connection, tenant: str, m: Mutation, depth: int = 0
+    ) -> Outcome:
         """Apply one mutation (run by the writer, inside the job's savepoint)."""
         if tenant not in self._tenants:
             conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES(?)", (tenant,))
@@ -479,6 +485,11 @@ class SqliteStorage(Storage):
         ).fetchone()
         current = orjson.loads(row[1]) if row else None
         new = m.fn(current)
+        derived: list[Mutation] = []
+        if new is not None:
+            for rule in self._rules:
+                new, more = rule(current, new)
+                derived += more
         if new is None:
             if row is not None:
                 self._delete(conn, row[0])
@@ -486,11 +497,21 @@ class SqliteStorage(Storage):
             return Outcome(m.entity_id, deleted=row is not None)
         self._store(conn, tenant, row[0] if row else None, new, current)
         self._changed(conn, Change(tenant, m.entity_id, current, new, new["modifiedAt"]))
+        if derived:
+            if depth >= MAX_RULE_DEPTH:
+                raise InternalError(f"derivation rules nest deeper than {MAX_RULE_DEPTH} levels")
+            for follow in derived:
+                # in the same savepoint: the entity and what derives from it commit together
+                self._mutate(conn, tenant, follow, depth + 1)
         return Outcome(m.entity_id, created=row is None, doc=new)
 
     def _changed(self, conn: sqlite3.Connection, change: Change) -> None:
         for hook in self._change_hooks:
             hook(conn, change)
+
+    def add_rule(self, rule: Rule) -> None:
+        """Run rule(old, new) on every entity write before it is stored (see base.Rule)."""
+        self._rules.append(rule)
 
     def add_change_hook(self, hook: ChangeHook) -> None:
         """Run hook(conn, change) in the writer's transaction after every entity change.
