@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,3 +48,17 @@ def sensor(n: int = 1, level: float = 1.5, **extra: Any) -> dict[str, Any]:
         "refRiver": {"type": "Relationship", "object": "urn:ngsi-ld:River:akiyama"},
         **extra,
     }
+
+
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+def require_mosquitto() -> None:
+    """Skip (or fail under CITYOS_REQUIRE_SERVICES=1) when no MQTT broker listens locally."""
+    try:
+        socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=1).close()
+    except OSError as exc:
+        reason = f"no MQTT broker on {MQTT_HOST}:{MQTT_PORT} ({exc})"
+        if os.environ.get("CITYOS_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " and CITYOS_REQUIRE_SERVICES=1")
+        pytest.skip(reason)

@@ -8,35 +8,29 @@ parse or map changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cityos.broker import clock
+from cityos import __version__
 from cityos.broker.api.common import Broker, read_body
-from cityos.broker.entities import EntityService, UpdateResult
 from cityos.broker.errors import NgsiError
 from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.iot import payloads
+from cityos.iot.ingest import Ingestor, Proto
+from cityos.iot.mqtt import MqttIngest
 from cityos.iot.provisioning import (
-    Device,
-    Group,
     IotError,
     bad_request,
-    entity_id_for,
-    entity_type_for,
     mapping_for,
     parse_device,
     parse_group,
     service_of,
     service_path_of,
 )
-from cityos.storage.base import Mutation
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_iot import IotStore
 
@@ -64,19 +58,21 @@ def _iot_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _now() -> datetime:
-    return datetime.fromisoformat(clock.now())
-
-
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the IoT Agent provisioning and HTTP ingestion routes."""
     assert isinstance(broker.store, SqliteStorage), "IoT provisioning needs the SQLite engine"
     iot = IotStore(broker.store)
+    ingestor = Ingestor(broker, iot)
 
     async def start() -> None:
         await iot.setup()
 
     broker.on_start.append(start)
+    subscriber: MqttIngest | None = None
+    if broker.settings.mqtt is not None:
+        subscriber = MqttIngest(ingestor, broker.settings)
+        broker.on_start.append(subscriber.start)
+        broker.on_stop.append(subscriber.stop)
 
     def envelope(request: Request) -> tuple[str, str]:
         headers = request.headers
@@ -128,6 +124,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
                 f"a group with resource {taken[0]!r} and apikey {taken[1]!r} already exists",
                 409,
             )
+        ingestor.forget()
         return Response(b"", 201)
 
     async def list_groups(request: Request) -> Response:
@@ -162,6 +159,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         group = parse_group({**old, **changes})
         if not await iot.update_group(tenant, resource, apikey, group.doc):
             raise _group_not_found(resource, apikey)
+        ingestor.forget()
         return Response(b"", 204)
 
     async def delete_group(request: Request) -> Response:
@@ -169,6 +167,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         resource, apikey = group_key(request)
         if not await iot.delete_group(tenant, resource, apikey):
             raise _group_not_found(resource, apikey)
+        ingestor.forget()
         return Response(b"", 204)
 
     # -- devices ------------------------------------------------------------------------------
@@ -184,6 +183,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         taken = await iot.insert_devices(tenant, path, [(d.device_id, d.doc) for d in devices])
         if taken is not None:
             raise IotError("DUPLICATE_DEVICE_ID", f"a device with id {taken!r} already exists", 409)
+        ingestor.forget()
         return Response(b"", 201)
 
     async def list_devices(request: Request) -> Response:
@@ -212,6 +212,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         mapping_for(device, None)
         if not await iot.update_device(tenant, device_id, device.doc):
             raise _device_not_found(device_id)
+        ingestor.forget()
         return Response(b"", 204)
 
     async def delete_device(request: Request) -> Response:
@@ -219,102 +220,46 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         device_id = request.path_params["device_id"]
         if not await iot.delete_device(tenant, device_id):
             raise _device_not_found(device_id)
+        ingestor.forget()
         return Response(b"", 204)
 
     # -- south-bound --------------------------------------------------------------------------
 
-    async def find_group(apikey: str, resource: str) -> tuple[str, str, Group]:
-        rows = await iot.groups_by_apikey(apikey)
-        if not rows:
-            raise IotError("DEVICE_GROUP_NOT_FOUND", f"no group has apikey {apikey!r}", 404)
-        # A group provisioned for this transport's resource first, else the apikey alone.
-        exact = [r for r in rows if r[2] == resource]
-        tenant, path, _, doc = (exact or rows)[0]
-        return tenant, path, parse_group(doc)
-
-    async def find_device(tenant: str, path: str, group: Group, device_id: str) -> Device:
-        row = await iot.get_device(tenant, device_id)
-        if row is not None:
-            return parse_device(row[1])
-        if not group.autoprovision:
-            raise _device_not_found(device_id)
-        doc: dict[str, Any] = {"device_id": device_id, "apikey": group.apikey}
-        if group.entity_type:
-            doc["entity_type"] = group.entity_type
-        device = parse_device(doc)
-        doc["entity_name"] = entity_id_for(device, group)
-        # Another request may have provisioned it meanwhile; then that device stands.
-        await iot.insert_devices(tenant, path, [(device_id, doc)])
-        row = await iot.get_device(tenant, device_id)
-        return parse_device(row[1] if row else doc)
-
-    async def ingest(
-        request: Request, resource: str, parse: Callable[[], Awaitable[list[payloads.Measures]]]
-    ) -> Response:
+    async def ingest(request: Request, proto: Proto, resource: str, body: bytes) -> Response:
         qp = request.query_params
         apikey, device_id = qp.get("k"), qp.get("i")
         if not apikey or not device_id:
             raise bad_request("the k (apikey) and i (device id) query parameters are required")
-        stamp = qp.get("t")
-        tenant, path, group = await find_group(apikey, resource)
-        device = await find_device(tenant, path, group, device_id)
-        try:
-            messages = await parse()
-            if stamp is not None:
-                forced = _query_timestamp(stamp)
-                # A timestamp inside the payload is the device's own and stays.
-                messages = [payloads.Measures(m.values, m.timestamp or forced) for m in messages]
-            mapping = mapping_for(device, group)
-            updates = payloads.to_updates(messages, mapping, now=_now())
-        except payloads.PayloadError as exc:
-            log.warning("measure from %s/%s refused: %s", apikey, device_id, exc)
-            raise bad_request(str(exc)) from None
-        entity_id = entity_id_for(device, group)
-        entity_type = entity_type_for(device, group)
-        svc = EntityService(broker.store, tenant, broker.loader.default(), clock.now())
-        try:
-            mutations = [
-                Mutation(
-                    entity_id,
-                    svc.append_fn(
-                        entity_id,
-                        {"type": entity_type, **update},
-                        overwrite=True,
-                        only_existing=False,
-                        result=UpdateResult(),
-                        create=True,
-                    ),
-                )
-                for update in updates
-                if update
-            ]
-        except NgsiError as exc:
-            log.warning("measure from %s/%s refused: %s", apikey, device_id, exc.detail)
-            raise IotError("UNPROCESSABLE_ENTITY", exc.detail, 422) from None
-        outcomes = await broker.store.apply(tenant, mutations) if mutations else []
-        failed = [o.error for o in outcomes if o.error is not None]
-        if failed:
-            detail = failed[0].detail if isinstance(failed[0], NgsiError) else str(failed[0])
-            log.warning("measure from %s/%s refused: %s", apikey, device_id, detail)
-            raise IotError("UNPROCESSABLE_ENTITY", detail, 422)
+        await ingestor.ingest(proto, apikey, device_id, body, resource=resource, stamp=qp.get("t"))
         return Response(b"", 200)
 
     async def ingest_json(request: Request) -> Response:
-        async def parse() -> list[payloads.Measures]:
-            return payloads.parse_json(await _body(request))
-
-        return await ingest(request, "/iot/json", parse)
+        return await ingest(request, "json", "/iot/json", await _body(request))
 
     async def ingest_ul(request: Request) -> Response:
-        async def parse() -> list[payloads.Measures]:
-            if request.method == "GET":
-                data = request.query_params.get("d")
-                if data is None:
-                    raise payloads.PayloadError("the d query parameter carries the measures")
-                return payloads.parse_ul(data)
-            return payloads.parse_ul(await _body(request))
+        if request.method == "GET":
+            data = request.query_params.get("d")
+            if data is None:
+                raise bad_request("the d query parameter carries the measures")
+            return await ingest(request, "ul", "/iot/d", data.encode())
+        return await ingest(request, "ul", "/iot/d", await _body(request))
 
-        return await ingest(request, "/iot/d", parse)
+    async def about(_: Request) -> Response:
+        return _json(
+            {
+                "libVersion": __version__,
+                "version": __version__,
+                "baseRoot": "/",
+                "mqtt": None
+                if subscriber is None
+                else {
+                    "broker": f"{subscriber.host}:{subscriber.port}",
+                    "group": subscriber.group,
+                    "connected": subscriber.connected.is_set(),
+                },
+                "measures": dict(sorted(ingestor.counts.items())),
+            }
+        )
 
     table: list[tuple[str, str, Handler]] = []
     for base in ("/iot/groups", "/iot/services"):
@@ -333,6 +278,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         ("POST", "/iot/json", ingest_json),
         ("POST", "/iot/d", ingest_ul),
         ("GET", "/iot/d", ingest_ul),
+        ("GET", "/iot/about", about),
     ]
     return [(method, path, _iot_errors(handler)) for method, path, handler in table]
 
@@ -341,7 +287,9 @@ async def _body(request: Request) -> bytes:
     try:
         return await read_body(request, payloads.MAX_BODY_BYTES)
     except NgsiError as exc:
-        raise payloads.PayloadError(exc.detail) from None
+        raise IotError(
+            "BAD_REQUEST" if exc.status != 413 else "PAYLOAD_TOO_LARGE", exc.detail, exc.status
+        ) from None
 
 
 def _group_not_found(resource: str, apikey: str) -> IotError:
@@ -354,9 +302,3 @@ def _group_not_found(resource: str, apikey: str) -> IotError:
 
 def _device_not_found(device_id: str) -> IotError:
     return IotError("DEVICE_NOT_FOUND", f"no device with id {device_id!r}", 404)
-
-
-def _query_timestamp(stamp: str) -> datetime | None:
-    """Parse the t= parameter with exactly the payload parser's timestamp rules."""
-    wrapped = payloads.parse_json(orjson.dumps({payloads.TIMESTAMP_KEY: stamp, "t": 0}))
-    return wrapped[0].timestamp

@@ -109,9 +109,12 @@ def parse_group(doc: Any) -> Group:
     if not isinstance(doc, dict):
         raise bad_request("a group must be a JSON object")
     apikey = _required(doc, "apikey", "group")
-    resource = _required(doc, "resource", "group")
-    if not resource.startswith("/"):
-        raise bad_request(f"group resource: {resource!r} must start with '/'")
+    resource = doc.get("resource")
+    # MQTT-only groups (as in FIWARE's IoT over MQTT tutorial) give "" as their resource.
+    if not isinstance(resource, str) or (resource and not resource.startswith("/")):
+        raise bad_request(
+            f"group resource: must be a path starting with '/' or \"\" (MQTT), got {resource!r}"
+        )
     entity_type = _string(doc, "entity_type", "group") or _string(doc, "type", "group")
     autoprovision = _flag(doc, "autoprovision", "group")
     return Group(

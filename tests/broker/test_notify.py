@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import uuid
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import sensor
+from conftest import MQTT_HOST, MQTT_PORT, require_mosquitto, sensor
 from starlette.testclient import TestClient
 
 from cityos.broker.notify import backoff
 
 S = "/ngsi-ld/v1/subscriptions"
 E = "/ngsi-ld/v1/entities"
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 
 
 def _mosquitto() -> None:
-    try:
-        socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=1).close()
-    except OSError as exc:
-        reason = f"no MQTT broker on {MQTT_HOST}:{MQTT_PORT} ({exc})"
-        if os.environ.get("CITYOS_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + " and CITYOS_REQUIRE_SERVICES=1")
-        pytest.skip(reason)
+    require_mosquitto()
 
 
 def test_backoff_doubles_up_to_a_cap() -> None:

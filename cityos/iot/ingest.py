@@ -1,0 +1,220 @@
+"""South-bound ingestion shared by HTTP and MQTT: resolve the device, parse, map, write.
+
+A message becomes NGSI-LD upserts (``options=update`` semantics) through the broker's own
+entity service; all updates of one message are queued at once, so they commit in one of the
+storage writer's group commits together with the measures of other devices that arrived at
+the same time (a burst is written in batches, not one transaction per measure). A message that
+fails to parse or map changes nothing and is counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+from cityos.broker import clock
+from cityos.broker.api.common import Broker
+from cityos.broker.entities import EntityService, UpdateResult
+from cityos.broker.errors import NgsiError
+from cityos.iot import payloads
+from cityos.iot.provisioning import (
+    Device,
+    Group,
+    IotError,
+    bad_request,
+    entity_id_for,
+    entity_type_for,
+    mapping_for,
+    parse_device,
+    parse_group,
+)
+from cityos.storage.base import Mutation, Outcome
+from cityos.storage.sqlite_iot import IotStore
+
+__all__ = ["Ingestor", "Seen"]
+
+log = logging.getLogger("cityos.iot")
+
+Proto = Literal["json", "ul"]
+#: provisioning read from the database is reused this long (another worker may change it)
+CACHE_SECONDS: Final = 5.0
+
+
+@dataclass(slots=True)
+class Seen:
+    """When a device last sent a measure, and the entity its measures go to."""
+
+    tenant: str
+    device_id: str
+    entity_id: str
+    at: float  # wall-clock seconds
+
+
+class Ingestor:
+    """Turn device messages into entity writes; remember when each device was last seen."""
+
+    def __init__(self, broker: Broker, iot: IotStore) -> None:
+        self.broker = broker
+        self.iot = iot
+        self.counts: Counter[str] = Counter()
+        self.seen: dict[tuple[str, str], Seen] = {}
+        self._groups: dict[tuple[str, str | None], tuple[float, tuple[str, str, Group]]] = {}
+        self._devices: dict[tuple[str, str], tuple[float, Device]] = {}
+        self._listeners: list[Callable[[Seen], None]] = []
+
+    def forget(self) -> None:
+        """Drop cached provisioning (called when groups or devices change)."""
+        self._groups.clear()
+        self._devices.clear()
+
+    def on_seen(self, listener: Callable[[Seen], None]) -> None:
+        """Call listener(seen) whenever a device's measures have been written."""
+        self._listeners.append(listener)
+
+    # -- resolving ------------------------------------------------------------------------------
+
+    async def find_group(self, apikey: str, resource: str | None) -> tuple[str, str, Group]:
+        """Return (tenant, service path, group) of an apikey, preferring this resource's."""
+        key = (apikey, resource)
+        hit = self._groups.get(key)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        rows = await self.iot.groups_by_apikey(apikey)
+        if not rows:
+            raise IotError("DEVICE_GROUP_NOT_FOUND", f"no group has apikey {apikey!r}", 404)
+        exact = [r for r in rows if r[2] == resource]
+        tenant, path, _, doc = (exact or rows)[0]
+        found = (tenant, path, parse_group(doc))
+        self._groups[key] = (time.monotonic(), found)
+        return found
+
+    async def find_device(self, tenant: str, path: str, group: Group, device_id: str) -> Device:
+        """Return a provisioned device, provisioning it when its group allows."""
+        key = (tenant, device_id)
+        hit = self._devices.get(key)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        row = await self.iot.get_device(tenant, device_id)
+        if row is None:
+            if not group.autoprovision:
+                raise IotError("DEVICE_NOT_FOUND", f"no device with id {device_id!r}", 404)
+            doc: dict[str, Any] = {"device_id": device_id, "apikey": group.apikey}
+            if group.entity_type:
+                doc["entity_type"] = group.entity_type
+            doc["entity_name"] = entity_id_for(parse_device(doc), group)
+            # Another message may have provisioned it meanwhile; then that device stands.
+            await self.iot.insert_devices(tenant, path, [(device_id, doc)])
+            row = await self.iot.get_device(tenant, device_id)
+        device = parse_device(row[1] if row else doc)
+        self._devices[key] = (time.monotonic(), device)
+        return device
+
+    # -- ingesting ------------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        proto: Proto,
+        apikey: str,
+        device_id: str,
+        body: bytes,
+        *,
+        resource: str | None,
+        attr: str | None = None,
+        stamp: str | None = None,
+    ) -> None:
+        """Write one message's measures; raise IotError, changing nothing, when refused."""
+        try:
+            await self._ingest(proto, apikey, device_id, body, resource, attr, stamp)
+        except IotError as exc:
+            self.counts[f"refused:{exc.name}"] += 1
+            log.warning("measure from %s/%s refused: %s", apikey, device_id, exc.message)
+            raise
+        self.counts["accepted"] += 1
+
+    async def _ingest(
+        self,
+        proto: Proto,
+        apikey: str,
+        device_id: str,
+        body: bytes,
+        resource: str | None,
+        attr: str | None,
+        stamp: str | None,
+    ) -> None:
+        tenant, path, group = await self.find_group(apikey, resource)
+        device = await self.find_device(tenant, path, group, device_id)
+        try:
+            if attr is not None:
+                messages = [payloads.parse_single(attr, body, proto)]
+            elif proto == "json":
+                messages = payloads.parse_json(body)
+            else:
+                messages = payloads.parse_ul(body)
+            if stamp is not None:
+                forced = query_timestamp(stamp)
+                # A timestamp inside the payload is the device's own and stays.
+                messages = [payloads.Measures(m.values, m.timestamp or forced) for m in messages]
+            updates = payloads.to_updates(messages, mapping_for(device, group), now=_now())
+        except payloads.PayloadError as exc:
+            raise bad_request(str(exc)) from None
+        entity_id = entity_id_for(device, group)
+        entity_type = entity_type_for(device, group)
+        svc = EntityService(self.broker.store, tenant, self.broker.loader.default(), clock.now())
+        try:
+            mutations = [
+                Mutation(
+                    entity_id,
+                    svc.append_fn(
+                        entity_id,
+                        {"type": entity_type, **update},
+                        overwrite=True,
+                        only_existing=False,
+                        result=UpdateResult(),
+                        create=True,
+                    ),
+                )
+                for update in updates
+                if update
+            ]
+        except NgsiError as exc:
+            raise IotError("UNPROCESSABLE_ENTITY", exc.detail, 422) from None
+        outcomes = await self.broker.store.apply(tenant, mutations) if mutations else []
+        _raise_failed(outcomes)
+        seen = Seen(tenant, device_id, entity_id, time.time())
+        self.seen[(tenant, device_id)] = seen
+        for listener in self._listeners:
+            listener(seen)
+
+
+def _raise_failed(outcomes: list[Outcome]) -> None:
+    failed = [o.error for o in outcomes if o.error is not None]
+    if failed:
+        detail = failed[0].detail if isinstance(failed[0], NgsiError) else str(failed[0])
+        raise IotError("UNPROCESSABLE_ENTITY", detail, 422)
+
+
+def _now() -> datetime:
+    return datetime.fromisoformat(clock.now())
+
+
+def query_timestamp(stamp: str) -> datetime | None:
+    """Parse the t= parameter with exactly the payload parser's timestamp rules."""
+    try:
+        wrapped = payloads.parse_json(orjson.dumps({payloads.TIMESTAMP_KEY: stamp, "t": 0}))
+    except payloads.PayloadError as exc:
+        raise bad_request(f"t: {exc}") from None
+    return wrapped[0].timestamp
+
+
+async def gather_quietly(tasks: set[asyncio.Task[None]]) -> None:
+    """Wait for in-flight ingestion tasks, whatever they raise (they count their own errors)."""
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
