@@ -31,6 +31,7 @@ class Settings:
     history_retention: int | None = None  # seconds of attribute history kept; None: forever
     mqtt_url: str | None = None  # mqtt://host:port of the broker devices publish to; None: no MQTT
     mqtt_group: str = "cityos"  # shared-subscription group, so several workers split the load
+    device_check: float = 60.0  # seconds between checks for silent devices
 
     @property
     def mqtt(self) -> tuple[str, int, str | None, str | None] | None:
@@ -136,6 +137,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         history_retention=_retention(e),
         mqtt_url=e.get("CITYOS_MQTT_URL") or None,
         mqtt_group=e.get("CITYOS_MQTT_GROUP") or "cityos",
+        device_check=float(max(1, _int(e, "CITYOS_DEVICE_CHECK", 60))),
     )
     _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early

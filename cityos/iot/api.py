@@ -20,6 +20,7 @@ from cityos.broker.errors import NgsiError
 from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.iot import payloads
+from cityos.iot.health import HealthMonitor, iso
 from cityos.iot.ingest import Ingestor, Proto
 from cityos.iot.mqtt import MqttIngest
 from cityos.iot.provisioning import (
@@ -64,10 +65,14 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     iot = IotStore(broker.store)
     ingestor = Ingestor(broker, iot)
 
+    monitor = HealthMonitor(broker, iot, ingestor, every=broker.settings.device_check)
+
     async def start() -> None:
         await iot.setup()
+        await monitor.start()
 
     broker.on_start.append(start)
+    broker.on_stop.append(monitor.stop)
     subscriber: MqttIngest | None = None
     if broker.settings.mqtt is not None:
         subscriber = MqttIngest(ingestor, broker.settings)
@@ -197,7 +202,10 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         row = await iot.get_device(tenant, device_id)
         if row is None:
             raise _device_not_found(device_id)
-        return _json(shown(tenant, row[0], row[1]))
+        await monitor.flush()
+        last_seen, silent = await iot.status(tenant, device_id)
+        health = {"last_seen": None if last_seen is None else iso(last_seen), "silent": silent}
+        return _json({**shown(tenant, row[0], row[1]), **health})
 
     async def update_device(request: Request) -> Response:
         tenant, _ = envelope(request)

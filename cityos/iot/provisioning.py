@@ -66,6 +66,8 @@ class Group:
     autoprovision: bool
     timestamp: bool | None
     doc: dict[str, Any]  # the provisioning JSON as sent, returned by GET
+    expected_interval: int | None = None  # cityos: seconds between reports at most (heartbeat)
+    active_interval: int | None = None  # cityos: the same while its gauge's water is up
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,8 @@ class Device:
     explicit_attrs: bool | None
     timestamp: bool | None
     doc: dict[str, Any]
+    expected_interval: int | None = None
+    active_interval: int | None = None
 
 
 def service_of(header: str | None) -> str:
@@ -127,6 +131,8 @@ def parse_group(doc: Any) -> Group:
         autoprovision=True if autoprovision is None else autoprovision,
         timestamp=_flag(doc, "timestamp", "group"),
         doc=dict(doc),
+        expected_interval=_seconds(doc, "expected_interval", f"group {apikey!r}"),
+        active_interval=_seconds(doc, "active_interval", f"group {apikey!r}"),
     )
 
 
@@ -146,6 +152,8 @@ def parse_device(doc: Any) -> Device:
         explicit_attrs=_flag(doc, "explicitAttrs", where),
         timestamp=_flag(doc, "timestamp", where),
         doc=dict(doc),
+        expected_interval=_seconds(doc, "expected_interval", where),
+        active_interval=_seconds(doc, "active_interval", where),
     )
 
 
@@ -185,6 +193,15 @@ def mapping_for(device: Device, group: Group | None) -> MeasureMapping:
         )
     except ValueError as exc:
         raise bad_request(f"device {device.device_id!r}: {exc}") from None
+
+
+def _seconds(doc: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 366 * 86400:
+        raise bad_request(f"{where}: {key} must be a whole number of seconds, 1 to 31622400")
+    return value
 
 
 def _required(doc: Mapping[str, Any], key: str, where: str) -> str:

@@ -29,7 +29,16 @@ DDL: Final = (
         doc TEXT NOT NULL,
         UNIQUE(tenant, device_id)
     )""",
+    # when each device last sent a measure, and whether it is reported silent
+    """CREATE TABLE IF NOT EXISTS iot_device_status(
+        tenant TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        last_seen REAL NOT NULL,
+        silent INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(tenant, device_id)
+    ) WITHOUT ROWID""",
 )
+Status = tuple[float | None, bool]  # (last seen, epoch seconds; reported silent)
 
 Row = tuple[str, dict[str, Any]]  # (service path, provisioning JSON)
 
@@ -197,7 +206,64 @@ class IotStore:
             cur = conn.execute(
                 "DELETE FROM iot_devices WHERE tenant=? AND device_id=?", (tenant, device_id)
             )
+            conn.execute(
+                "DELETE FROM iot_device_status WHERE tenant=? AND device_id=?", (tenant, device_id)
+            )
             return cur.rowcount > 0
 
         ok: bool = await self._store.write(run)
         return ok
+
+    # -- device health ------------------------------------------------------------------------
+
+    async def record_seen(self, seen: list[tuple[str, str, float]]) -> None:
+        """Store (tenant, device id, last seen) of devices that sent measures."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO iot_device_status(tenant, device_id, last_seen) VALUES(?,?,?) "
+                "ON CONFLICT(tenant, device_id) DO UPDATE SET "
+                "last_seen=max(last_seen, excluded.last_seen)",
+                seen,
+            )
+
+        await self._store.write(run)
+
+    async def set_silent(self, tenant: str, device_id: str, silent: bool, since: float) -> None:
+        """Mark a device silent (alert raised) or not."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO iot_device_status(tenant, device_id, last_seen, silent) "
+                "VALUES(?,?,?,?) "
+                "ON CONFLICT(tenant, device_id) DO UPDATE SET silent=excluded.silent",
+                (tenant, device_id, since, int(silent)),
+            )
+
+        await self._store.write(run)
+
+    async def all_devices(self) -> list[tuple[str, dict[str, Any], float | None, bool]]:
+        """Return (tenant, device doc, last seen, silent) of every device of every tenant."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any], float | None, bool]]:
+            rows = conn.execute(
+                "SELECT d.tenant, d.doc, s.last_seen, s.silent FROM iot_devices d "
+                "LEFT JOIN iot_device_status s ON s.tenant=d.tenant AND s.device_id=d.device_id"
+            ).fetchall()
+            return [(t, orjson.loads(doc), seen, bool(silent)) for t, doc, seen, silent in rows]
+
+        result: list[tuple[str, dict[str, Any], float | None, bool]] = await self._store.read(run)
+        return result
+
+    async def status(self, tenant: str, device_id: str) -> Status:
+        """Return (last seen, silent) of one device."""
+
+        def run(conn: sqlite3.Connection) -> Status:
+            row = conn.execute(
+                "SELECT last_seen, silent FROM iot_device_status WHERE tenant=? AND device_id=?",
+                (tenant, device_id),
+            ).fetchone()
+            return (None, False) if row is None else (row[0], bool(row[1]))
+
+        result: Status = await self._store.read(run)
+        return result
