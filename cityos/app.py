@@ -18,7 +18,7 @@ from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
 from cityos.iot import api as iot_api
-from cityos.jsonld.loader import ContextLoader
+from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH, ContextLoader
 from cityos.safety import rules
 from cityos.settings import Settings
 from cityos.storage.base import Storage
@@ -39,6 +39,10 @@ def create_app(settings: Settings) -> ASGIApp:
         context_dir=settings.context_dir,
         remote_fetch=settings.remote_contexts,
         hosted_base=settings.base_url + contexts_api.PATH + "/",
+        shipped={
+            f"{settings.base_url}{PROJECT_PATH}/{name}": path
+            for name, path in PROJECT_CONTEXTS.items()
+        },
     )
     broker = Broker(store, loader, settings)
     if isinstance(store, SqliteStorage):

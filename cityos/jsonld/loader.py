@@ -13,7 +13,7 @@ import copy
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +28,11 @@ from cityos.jsonld.context import ActiveContext, Definitions, process
 from cityos.jsonld.store import ContextKind, ContextStore, Origin, StoredContext, check_document
 
 CORE_FILE: Final = Path(__file__).parent / "contexts" / "ngsi-ld-core-context-v1.9.jsonld"
+#: the project's own @contexts shipped in the package, served at PROJECT_PATH/<name>
+PROJECT_CONTEXTS: Final = {
+    name: Path(__file__).parent / "contexts" / name for name in ("cityos-sano-v1.jsonld",)
+}
+PROJECT_PATH: Final = "/contexts"
 #: the core context URL echoed when a request names no @context (the broker speaks v1.8)
 DEFAULT_CORE_URL: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 #: every URL ETSI published the core context under; all are served from CORE_FILE
@@ -67,6 +72,7 @@ class ContextLoader:
         max_depth: int = 8,
         cache_size: int = 1024,
         clock: Callable[[], float] = time.time,
+        shipped: Mapping[str, Path] | None = None,
     ) -> None:
         self.remote_fetch = remote_fetch
         self.core_url = core_url
@@ -86,6 +92,8 @@ class ContextLoader:
         self._resolved: dict[Key, tuple[ActiveContext, tuple[StoredContext, ...]]] = {}
         self._order: deque[Key] = deque()
         self._remember(core_url, self._default, (core_entry,))
+        for url, path in (shipped or {}).items():
+            self._ship(url, path)
         if context_dir is not None:
             self._preload(context_dir)
 
@@ -300,6 +308,13 @@ class ContextLoader:
             self._resolved.pop(self._order.popleft(), None)
 
     # -- preloading --------------------------------------------------------------------------
+    def _ship(self, url: str, path: Path) -> None:
+        """Serve url from a context file shipped in the package (never downloaded)."""
+        doc = _read_json(path, f"the shipped @context file for {url}")
+        self.store.put_cached(
+            url, _validated(check_document(doc, str(path)), str(path)), Origin.PRELOADED
+        )
+
     def _preload(self, folder: Path) -> None:
         index_path = folder / "index.json"
         index = _read_json(index_path, "the index of preloaded @contexts")

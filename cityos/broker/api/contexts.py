@@ -8,9 +8,10 @@ from starlette.responses import Response
 
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, parse_json, read_body
-from cityos.broker.errors import UnsupportedMediaType
+from cityos.broker.errors import ResourceNotFound, UnsupportedMediaType
 from cityos.http import media
 from cityos.http.routing import Handler
+from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH
 from cityos.jsonld.store import ContextKind
 
 PATH = "/ngsi-ld/v1/jsonldContexts"
@@ -66,7 +67,17 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
             await broker.store.kv_delete(KV_NAMESPACE, entry.local_id)
         return Response(b"", 204)
 
+    shipped = {name: path.read_bytes() for name, path in PROJECT_CONTEXTS.items()}
+
+    async def project_context(request: Request) -> Response:
+        body = shipped.get(request.path_params["name"])
+        if body is None:
+            raise ResourceNotFound(f"no project @context named {request.path_params['name']!r}")
+        headers = {"Cache-Control": "public, max-age=3600"}
+        return Response(body, 200, headers, media_type=media.LD_JSON)
+
     return [
+        ("GET", PROJECT_PATH + "/{name}", project_context),
         ("GET", PATH, list_contexts),
         ("POST", PATH, add_context),
         ("GET", PATH + "/{context_id:path}", get_context),
