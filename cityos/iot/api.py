@@ -233,13 +233,21 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
 
     # -- south-bound --------------------------------------------------------------------------
 
-    async def ingest(request: Request, proto: Proto, resource: str, body: bytes) -> Response:
+    async def ingest(
+        request: Request, proto: Proto, resource: str, body: bytes, attr: str | None = None
+    ) -> Response:
         qp = request.query_params
         apikey, device_id = qp.get("k"), qp.get("i")
         if not apikey or not device_id:
             raise bad_request("the k (apikey) and i (device id) query parameters are required")
-        await ingestor.ingest(proto, apikey, device_id, body, resource=resource, stamp=qp.get("t"))
+        await ingestor.ingest(
+            proto, apikey, device_id, body, resource=resource, attr=attr, stamp=qp.get("t")
+        )
         return Response(b"", 200)
+
+    async def ingest_json_attr(request: Request) -> Response:
+        attr = request.path_params["attr"]
+        return await ingest(request, "json", "/iot/json", await _body(request), attr)
 
     async def ingest_json(request: Request) -> Response:
         return await ingest(request, "json", "/iot/json", await _body(request))
@@ -284,6 +292,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         ("PUT", "/iot/devices/{device_id}", update_device),
         ("DELETE", "/iot/devices/{device_id}", delete_device),
         ("POST", "/iot/json", ingest_json),
+        ("POST", "/iot/json/attrs/{attr}", ingest_json_attr),
         ("POST", "/iot/d", ingest_ul),
         ("GET", "/iot/d", ingest_ul),
         ("GET", "/iot/about", about),

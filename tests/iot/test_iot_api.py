@@ -196,6 +196,30 @@ def test_json_measures_update_the_entity_with_mapped_types(client: TestClient) -
     assert "observedAt" in doc["temperature"]
 
 
+def test_json_single_attribute_endpoint(client: TestClient) -> None:
+    json_device(client)
+    r = client.post("/iot/json/attrs/t", params={"k": "1234", "i": "DevID1"}, content=b"21.5")
+    assert r.status_code == 200, r.text
+    assert entity(client, "urn:ngsi-ld:Device:TheDevice1")["temperature"]["value"] == 21.5
+    r = client.post("/iot/json/attrs/t", params={"k": "1234", "i": "DevID1"}, content=b"{")
+    assert r.status_code == 400
+    assert entity(client, "urn:ngsi-ld:Device:TheDevice1")["temperature"]["value"] == 21.5
+
+
+def test_about_counts_measures_by_outcome(client: TestClient) -> None:
+    json_device(client)
+    client.post("/iot/json", params={"k": "1234", "i": "DevID1"}, json={"t": 15})
+    client.post("/iot/json", params={"k": "1234", "i": "DevID1"}, content=b"[")
+    client.post("/iot/json", params={"k": "nokey", "i": "DevID1"}, json={"t": 15})
+    about = client.get("/iot/about").json()
+    assert about["mqtt"] is None
+    assert about["measures"] == {
+        "accepted": 1,
+        "refused:BAD_REQUEST": 1,
+        "refused:DEVICE_GROUP_NOT_FOUND": 1,
+    }
+
+
 def test_json_multi_measure_with_device_timestamps_and_unit_code(client: TestClient) -> None:
     provision(client, "/iot/groups", JSON_GROUP)
     device = {
