@@ -109,35 +109,137 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, access_log:
     run_server(_settings(host=host, port=port, data_dir=data_dir), access_log=access_log)
 
 
+#: about 2.5 minutes for the 21 simulated hours of typhoon-2019
+DEFAULT_DEMO_SPEED = 500.0
+
+
 @main.command()
 @server_options
-@click.option("--serve/--no-serve", default=True, help="Start the server after loading")
-def demo(host: str | None, port: int | None, data_dir: Path | None, serve: bool) -> None:
-    """Load Sano's demo river gauges and shelters, then run the server."""
+@click.option(
+    "--scenario",
+    type=click.Choice(["typhoon-2019"]),
+    default="typhoon-2019",
+    show_default=True,
+    help="Scenario to replay",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=1.0),
+    default=DEFAULT_DEMO_SPEED,
+    show_default=True,
+    help="Simulated seconds per real second",
+)
+@click.option("--once", is_flag=True, help="Run the scenario to its end, print a summary, exit")
+@click.option(
+    "--serve/--no-serve",
+    default=True,
+    help="--no-serve: only load the Sano data set and provision its devices, then exit",
+)
+def demo(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    scenario: str,
+    speed: float,
+    once: bool,
+    serve: bool,
+) -> None:
+    """Run the Sano demo: a server, the data set, and a typhoon replayed by simulated devices."""
+    import asyncio
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    if not serve:
+        n = asyncio.run(_demo_load(settings))
+        click.echo(
+            f"loaded {n} demo entities of Sano (佐野市) into {settings.sqlite_path}", err=True
+        )
+        return
+    asyncio.run(_demo_serve(settings, scenario, speed, once))
+
+
+async def _demo_load(settings: Settings) -> int:
+    """Load the data set through the public API of an in-process app (no socket)."""
+    import httpx
+
+    from cityos.app import create_app
+    from cityos.demo import runner
+
+    app: Any = create_app(settings)
+    async with app.lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cityos.demo") as c:
+            return await runner.prepare(c)
+
+
+async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -> None:
+    """Serve the app and run the scenario against it over HTTP (and MQTT when configured)."""
     import asyncio
 
     from cityos.app import create_app
-    from cityos.demo.seed import seed
+    from cityos.demo import runner
+    from cityos.demo.scenario import SCENARIOS
+    from cityos.storage.sqlite import SchemaError, check_schema
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
-
-    async def load() -> int:
-        # through the whole app, so history and subscriptions see the demo data arrive
-        app: Any = create_app(settings)
-        async with app.lifespan(app):
-            return await seed(app.broker.store)
-
-    n = asyncio.run(load())
-    base = f"http://{settings.host}:{settings.port}/ngsi-ld/v1"
-    click.echo(f"loaded {n} demo entities of Sano (佐野市) into {settings.sqlite_path}", err=True)
-    click.echo(f"  try: curl '{base}/entities?type=WaterObserved&options=keyValues'", err=True)
-    click.echo(
-        f"  try: curl '{base}/entities?type=PointOfInterest&georel=near;maxDistance==2000"
-        "&geometry=Point&coordinates=%5B139.5783,36.3144%5D&lang=ja'",
-        err=True,
+    try:
+        check_schema(settings.sqlite_path)
+        app = create_app(settings)
+    except (SettingsError, SchemaError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
     )
-    if serve:
-        run_server(settings)
+    server = GracefulServer(config)
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(f"cityos {__version__} demo: {base}/ngsi-ld/v1 (data: {settings.sqlite_path})")
+    _demo_urls(base)  # open them while the scenario unfolds
+    serving = asyncio.create_task(server.serve())
+    playing = asyncio.create_task(runner.run(base, SCENARIOS[name](), speed, mqtt=settings.mqtt))
+    await asyncio.wait({serving, playing}, return_when=asyncio.FIRST_COMPLETED)
+    if not playing.done():  # Ctrl-C, or the server could not start
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, runner.DemoError):
+            await playing
+        await serving
+        if not server.started:
+            raise SystemExit(1)
+        return
+    try:
+        summary = playing.result()
+    except (runner.DemoError, OSError) as exc:
+        server.should_exit = True
+        await serving
+        raise click.ClickException(str(exc)) from None
+    for line in summary.lines():
+        click.echo(line)
+    if once:
+        server.should_exit = True
+    else:
+        click.echo("serving until Ctrl-C", err=True)
+    await serving
+
+
+def _demo_urls(base: str) -> None:
+    api = f"{base}/ngsi-ld/v1"
+    near = "georel=near;maxDistance==3000&geometry=Point&coordinates=%5B139.5783,36.3144%5D"
+    gauge = "urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi"
+    click.echo("open:")
+    for what, url in (
+        ("river gauges", f"{api}/entities?type=WaterObserved&options=keyValues&lang=ja"),
+        ("flood alerts", f"{api}/entities?type=Alert&options=keyValues"),
+        ("shelters near the city hall", f"{api}/entities?type=EvacuationShelter&{near}&lang=ja"),
+        (
+            "the Akiyama at Ohashi, history",
+            f"{api}/temporal/entities/{gauge}?attrs=waterLevel&options=temporalValues",
+        ),
+        ("AEDs", f"{api}/entities?type=PointOfInterest&q=category==%22defibrillator%22"),
+    ):
+        click.echo(f"  {what}: {url}")
 
 
 if __name__ == "__main__":  # pragma: no cover
