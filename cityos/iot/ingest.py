@@ -39,13 +39,14 @@ from cityos.iot.provisioning import (
 from cityos.storage.base import Mutation, Outcome
 from cityos.storage.sqlite_iot import IotStore
 
-__all__ = ["Ingestor", "Seen"]
+__all__ = ["Ingestor", "Message", "Prepared", "QuietLog", "Seen"]
 
 log = logging.getLogger("cityos.iot")
 
 Proto = Literal["json", "ul"]
-#: provisioning read from the database is reused this long (another worker may change it)
-CACHE_SECONDS: Final = 5.0
+#: provisioning read from the database is reused this long; this process forgets it at once
+#: when it changes provisioning itself, another worker's change shows within this delay
+CACHE_SECONDS: Final = 30.0
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class Ingestor:
         self._groups: dict[tuple[str, str | None], tuple[float, tuple[str, str, Group]]] = {}
         self._devices: dict[tuple[str, str], tuple[float, Device]] = {}
         self._listeners: list[Callable[[Seen], None]] = []
+        self._log = QuietLog(log)
 
     def forget(self) -> None:
         """Drop cached provisioning (called when groups or devices change)."""
@@ -131,38 +133,72 @@ class Ingestor:
         stamp: str | None = None,
     ) -> None:
         """Write one message's measures; raise IotError, changing nothing, when refused."""
+        message = Message(proto, apikey, device_id, body, resource, attr, stamp)
         try:
-            await self._ingest(proto, apikey, device_id, body, resource, attr, stamp)
+            prepared = await self._prepare(message)
+            outcomes = await self.broker.store.apply(prepared.tenant, prepared.mutations)
+            _raise_failed(outcomes)
         except IotError as exc:
-            self.counts[f"refused:{exc.name}"] += 1
-            log.warning("measure from %s/%s refused: %s", apikey, device_id, exc.message)
+            self._refused(message, exc)
             raise
-        self.counts["accepted"] += 1
+        self._accepted(prepared)
 
-    async def _ingest(
-        self,
-        proto: Proto,
-        apikey: str,
-        device_id: str,
-        body: bytes,
-        resource: str | None,
-        attr: str | None,
-        stamp: str | None,
-    ) -> None:
-        tenant, path, group = await self.find_group(apikey, resource)
-        device = await self.find_device(tenant, path, group, device_id)
-        try:
-            if attr is not None:
-                messages = [payloads.parse_single(attr, body, proto)]
-            elif proto == "json":
-                messages = payloads.parse_json(body)
+    async def prepare_many(self, messages: list[Message]) -> list[Prepared]:
+        """Parse and map messages in order; count and drop the refused ones."""
+        ready: list[Prepared] = []
+        for message in messages:
+            try:
+                ready.append(await self._prepare(message))
+            except IotError as exc:
+                self._refused(message, exc)
+        return ready
+
+    async def commit_many(self, ready: list[Prepared]) -> None:
+        """Write prepared messages (their writes share group commits); count each."""
+        results = await asyncio.gather(
+            *(self.broker.store.apply(p.tenant, p.mutations) for p in ready)
+        )
+        for prepared, outcomes in zip(ready, results, strict=True):
+            try:
+                _raise_failed(outcomes)
+            except IotError as exc:
+                self._refused(prepared.message, exc)
             else:
-                messages = payloads.parse_ul(body)
-            if stamp is not None:
-                forced = query_timestamp(stamp)
+                self._accepted(prepared)
+
+    def _refused(self, message: Message, exc: IotError) -> None:
+        self.counts[f"refused:{exc.name}"] += 1
+        self._log.warning(
+            (message.apikey, exc.name),
+            "measure from %s/%s refused: %s",
+            message.apikey,
+            message.device_id,
+            exc.message,
+        )
+
+    def _accepted(self, prepared: Prepared) -> None:
+        self.counts["accepted"] += 1
+        message = prepared.message
+        seen = Seen(prepared.tenant, message.device_id, prepared.entity_id, time.time())
+        self.seen[(prepared.tenant, message.device_id)] = seen
+        for listener in self._listeners:
+            listener(seen)
+
+    async def _prepare(self, m: Message) -> Prepared:
+        tenant, path, group = await self.find_group(m.apikey, m.resource)
+        device = await self.find_device(tenant, path, group, m.device_id)
+        try:
+            if m.attr is not None:
+                measures = [payloads.parse_single(m.attr, m.body, m.proto)]
+            elif m.proto == "json":
+                measures = payloads.parse_json(m.body)
+            else:
+                measures = payloads.parse_ul(m.body)
+            if m.stamp is not None:
+                forced = query_timestamp(m.stamp)
                 # A timestamp inside the payload is the device's own and stays.
-                messages = [payloads.Measures(m.values, m.timestamp or forced) for m in messages]
-            updates = payloads.to_updates(messages, mapping_for(device, group), now=_now())
+                measures = [payloads.Measures(x.values, x.timestamp or forced) for x in measures]
+            updates = payloads.to_updates(measures, mapping_for(device, group), now=_now())
         except payloads.PayloadError as exc:
             raise bad_request(str(exc)) from None
         entity_id = entity_id_for(device, group)
@@ -186,12 +222,57 @@ class Ingestor:
             ]
         except NgsiError as exc:
             raise IotError("UNPROCESSABLE_ENTITY", exc.detail, 422) from None
-        outcomes = await self.broker.store.apply(tenant, mutations) if mutations else []
-        _raise_failed(outcomes)
-        seen = Seen(tenant, device_id, entity_id, time.time())
-        self.seen[(tenant, device_id)] = seen
-        for listener in self._listeners:
-            listener(seen)
+        return Prepared(m, tenant, entity_id, mutations)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One device message as it arrived."""
+
+    proto: Proto
+    apikey: str
+    device_id: str
+    body: bytes
+    resource: str | None  # the HTTP resource it came on; None for MQTT
+    attr: str | None = None  # a single-attribute message
+    stamp: str | None = None  # the t= parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message parsed, mapped and turned into mutations, not yet written."""
+
+    message: Message
+    tenant: str
+    entity_id: str
+    mutations: list[Mutation]
+
+
+class QuietLog:
+    """Log a warning once per key and interval, with how many were suppressed meanwhile.
+
+    A misconfigured fleet can send thousands of refused measures a second; the log should say
+    so, not drown.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def warning(self, key: tuple[str, str], msg: str, *args: object) -> None:
+        """Log msg unless the same key was logged within the interval."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._every:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        if last is not None and last[1]:
+            msg += f" (and {last[1]} more like it in the last {self._every:.0f} s)"
+        if len(self._last) > 10_000:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        self._logger.warning(msg, *args)
 
 
 def _raise_failed(outcomes: list[Outcome]) -> None:
@@ -214,7 +295,3 @@ def query_timestamp(stamp: str) -> datetime | None:
     return wrapped[0].timestamp
 
 
-async def gather_quietly(tasks: set[asyncio.Task[None]]) -> None:
-    """Wait for in-flight ingestion tasks, whatever they raise (they count their own errors)."""
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)

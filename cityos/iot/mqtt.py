@@ -23,8 +23,7 @@ from typing import Final
 
 import aiomqtt
 
-from cityos.iot.ingest import Ingestor, Proto
-from cityos.iot.provisioning import IotError
+from cityos.iot.ingest import Ingestor, Message, Proto
 from cityos.settings import Settings
 
 __all__ = ["TOPICS", "MqttIngest", "route"]
@@ -39,8 +38,11 @@ TOPICS: Final = (
     "/+/+/attrs",
     "/+/+/attrs/+",
 )
-#: messages being written at once; past this the subscriber stops reading from the broker
-MAX_IN_FLIGHT: Final = 4096
+#: messages prepared and queued together
+MAX_BATCH: Final = 512
+#: batches being written at once; past this the consumer waits (the reader goes on reading:
+#: the broker's own per-client queue limit is what bounds a backlog)
+MAX_BATCHES: Final = 8
 RECONNECT_MAX_SECONDS: Final = 30.0
 
 
@@ -68,7 +70,12 @@ def route(topic: str, payload: bytes) -> tuple[Proto, str, str, str | None] | No
 
 
 class MqttIngest:
-    """The MQTT subscriber: one connection, reconnecting with backoff, feeding the Ingestor."""
+    """The MQTT subscriber: one connection, reconnecting with backoff, feeding the Ingestor.
+
+    The reader only routes topics and appends messages to a buffer; one consumer takes the
+    buffer in order, prepares every message and queues all their writes at once, then moves on
+    to the next batch while the writer commits (at most MAX_BATCHES batches outstanding).
+    """
 
     def __init__(self, ingestor: Ingestor, settings: Settings) -> None:
         assert settings.mqtt is not None
@@ -76,23 +83,35 @@ class MqttIngest:
         self.group = settings.mqtt_group
         self.ingestor = ingestor
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._tails: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._buffer: list[Message] = []
+        self._wake = asyncio.Event()
+        self._batches: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Semaphore(MAX_BATCHES)
 
     async def start(self) -> None:
         """Connect in the background; a broker that is down is retried, not fatal."""
-        self._task = asyncio.create_task(self._run(), name="cityos-mqtt")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="cityos-mqtt"),
+            asyncio.create_task(self._consume(), name="cityos-mqtt-writer"),
+        ]
 
     async def stop(self) -> None:
         """Stop reading, then wait until every message read so far is written."""
-        if self._task is not None:
-            self._task.cancel()
+        reader, consumer = self._tasks or (None, None)
+        if reader is not None:
+            reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+                await reader
+        while self._buffer:  # the consumer is still running: let it drain the buffer
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        if consumer is not None:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
 
     async def _run(self) -> None:
         delay = 0.5
@@ -105,7 +124,6 @@ class MqttIngest:
                     username=self.username,
                     password=self.password,
                     identifier=identifier,
-                    max_queued_incoming_messages=0,
                 ) as client:
                     for topic in TOPICS:
                         await client.subscribe(f"$share/{self.group}/{topic}", qos=1)
@@ -115,46 +133,45 @@ class MqttIngest:
                     async for message in client.messages:
                         payload = message.payload
                         raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                        await self._accept(message.topic.value, raw)
+                        self._accept(message.topic.value, raw)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 log.warning("MQTT: %s; reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _accept(self, topic: str, payload: bytes) -> None:
+    def _accept(self, topic: str, payload: bytes) -> None:
         target = route(topic, payload)
         if target is None:
             self.ingestor.counts["refused:UNKNOWN_TOPIC"] += 1
             log.warning("MQTT: ignored a message on %r (not an IoT Agent measure topic)", topic)
             return
         proto, apikey, device_id, attr = target
-        await self._slots.acquire()
-        key = (apikey, device_id)
-        before = self._tails.get(key)
-        task = asyncio.create_task(self._write(before, proto, apikey, device_id, payload, attr))
-        self._tails[key] = task
-        self._in_flight.add(task)
-        task.add_done_callback(lambda t: self._done(key, t))
+        self._buffer.append(Message(proto, apikey, device_id, payload, None, attr))
+        self._wake.set()
 
-    async def _write(
-        self,
-        before: asyncio.Task[None] | None,
-        proto: Proto,
-        apikey: str,
-        device_id: str,
-        payload: bytes,
-        attr: str | None,
-    ) -> None:
-        if before is not None and not before.done():
-            await asyncio.wait([before])  # one device's messages are written in order
-        with contextlib.suppress(IotError):  # counted and logged by the ingestor
-            await self.ingestor.ingest(proto, apikey, device_id, payload, resource=None, attr=attr)
+    async def _consume(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buffer:
+                batch = self._buffer[:MAX_BATCH]
+                del self._buffer[:MAX_BATCH]
+                await self._room.acquire()
+                # Prepared here, in order; tasks start in creation order, so the writes of
+                # one batch are queued before the next batch's: a device's stay in order.
+                try:
+                    ready = await self.ingestor.prepare_many(batch)
+                except Exception:  # a bug must not stop ingestion for good
+                    self._room.release()
+                    log.exception("MQTT: preparing %d measures failed", len(batch))
+                    continue
+                task = asyncio.create_task(self.ingestor.commit_many(ready))
+                self._batches.add(task)
+                task.add_done_callback(self._done)
 
-    def _done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
-        self._slots.release()
-        self._in_flight.discard(task)
-        if self._tails.get(key) is task:
-            del self._tails[key]
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._room.release()
+        self._batches.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("MQTT: writing a measure failed", exc_info=task.exception())
+            log.error("MQTT: writing measures failed", exc_info=task.exception())
