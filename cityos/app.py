@@ -19,6 +19,7 @@ from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
 from cityos.iot import api as iot_api
 from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH, ContextLoader
+from cityos.portal.api import portal_front, portal_routes
 from cityos.safety import rules
 from cityos.settings import Settings
 from cityos.storage.base import Storage
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> ASGIApp:
         + subscriptions.routes(broker)
         + temporal.routes(broker)
         + iot_api.routes(broker)
+        + portal_routes(broker)
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],
@@ -91,6 +93,7 @@ def create_app(settings: Settings) -> ASGIApp:
     )
     app: ASGIApp = TrailingSlashMiddleware(router)
     app = ErrorMiddleware(app)
+    app = portal_front(app, settings)  # /public/ first: the hot path during a surge
     app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

@@ -224,6 +224,103 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
     await serving
 
 
+@main.command()
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the site into (created if needed)",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
+)
+@click.option(
+    "--surge/--no-surge",
+    default=None,
+    help="Publish the top page as the light page or not [default: the server's switch]",
+)
+def publish(to: Path, data_dir: Path | None, surge: bool | None) -> None:
+    """Write a full copy of the resident portal (HTML, JSON, assets) into a folder."""
+    import asyncio
+
+    settings = _settings(data_dir=data_dir)
+    for w in asyncio.run(_publish(settings, to, surge)):
+        state = "written" if w.changed else "unchanged"
+        gz = f" (+ .gz {w.gz_size} bytes)" if w.gz_size is not None else ""
+        click.echo(f"{state:9} {w.path}  {w.size} bytes{gz}")
+    click.echo(f"published the portal into {to}", err=True)
+
+
+async def _publish(settings: Settings, to: Path, surge: bool | None) -> list[Any]:
+    """Open the store (not the whole app: no publisher, no MQTT), build once, write to `to`."""
+    import asyncio
+
+    from cityos.app import make_storage
+    from cityos.portal import surge as surge_switch
+    from cityos.portal.api import site_builder, tile_url_from_env
+    from cityos.portal.publisher import write_files
+    from cityos.storage.sqlite import SchemaError, check_schema
+
+    if not settings.sqlite_path.exists():
+        raise click.ClickException(f"no database at {settings.sqlite_path}; check --data-dir")
+    try:
+        check_schema(settings.sqlite_path)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = make_storage(settings)
+    await store.start()
+    try:
+        if surge is None:
+            surge = (await surge_switch.load(store)).surge
+        files = await site_builder(store, tile_url=tile_url_from_env())(surge=surge)
+    finally:
+        await store.close()
+    try:
+        return await asyncio.to_thread(write_files, to, files)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {to}: {exc}") from None
+
+
+@main.command()
+@click.argument("state", type=click.Choice(["on", "off", "status"]))
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Base URL of the running cityos server",
+)
+def surge(state: str, url: str) -> None:
+    """Switch surge mode (the top page becomes the light text-only page) on a running server."""
+    import httpx
+
+    endpoint = url.rstrip("/") + "/admin/portal/surge"
+    try:
+        if state == "status":
+            r = httpx.get(endpoint, timeout=5)
+        else:
+            # the server answers once the switched pages are published
+            r = httpx.put(endpoint, json={"surge": state == "on"}, timeout=30)
+    except httpx.TransportError as exc:
+        raise click.ClickException(
+            f"cannot reach cityos at {url} ({exc}); is `cityos serve` running there?"
+        ) from None
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise click.ClickException(f"{endpoint} answered {r.status_code}: {detail}")
+    doc = r.json()
+    mode = "on (the top page is the light page)" if doc.get("surge") else "off"
+    click.echo(f"surge mode is {mode}; switched at {doc.get('changedAt') or 'never'}")
+    if doc.get("published") is False:
+        click.echo("warning: the pages are not republished yet; see the server log", err=True)
+
+
 def _demo_urls(base: str) -> None:
     api = f"{base}/ngsi-ld/v1"
     near = "georel=near;maxDistance==3000&geometry=Point&coordinates=%5B139.5783,36.3144%5D"
