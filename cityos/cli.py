@@ -261,7 +261,7 @@ async def _publish(settings: Settings, to: Path, surge: bool | None) -> list[Any
 
     from cityos.app import make_storage
     from cityos.portal import surge as surge_switch
-    from cityos.portal.api import site_builder, tile_url_from_env
+    from cityos.portal.api import site_builder
     from cityos.portal.publisher import write_files
     from cityos.storage.sqlite import SchemaError, check_schema
 
@@ -276,7 +276,7 @@ async def _publish(settings: Settings, to: Path, surge: bool | None) -> list[Any
     try:
         if surge is None:
             surge = (await surge_switch.load(store)).surge
-        files = await site_builder(store, tile_url=tile_url_from_env())(surge=surge)
+        files = await site_builder(store, tile_url=settings.portal_tile_url)(surge=surge)
     finally:
         await store.close()
     try:
@@ -326,6 +326,7 @@ def _demo_urls(base: str) -> None:
     near = "georel=near;maxDistance==3000&geometry=Point&coordinates=%5B139.5783,36.3144%5D"
     gauge = "urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi"
     click.echo("open:")
+    click.echo(f"  resident portal (住民向けページ): {base}/public/  (English: {base}/public/en/)")
     for what, url in (
         ("river gauges", f"{api}/entities?type=WaterObserved&options=keyValues&lang=ja"),
         ("flood alerts", f"{api}/entities?type=Alert&options=keyValues"),

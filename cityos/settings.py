@@ -32,6 +32,11 @@ class Settings:
     mqtt_url: str | None = None  # mqtt://host:port of the broker devices publish to; None: no MQTT
     mqtt_group: str = "cityos"  # shared-subscription group, so several workers split the load
     device_check: float = 60.0  # seconds between checks for silent devices
+    # the resident portal: a map tile URL template (None: the offline map only) and the
+    # Cache-Control lifetimes of published pages (max-age, stale-while-revalidate,
+    # stale-if-error) and of assets (max-age), in seconds
+    portal_tile_url: str | None = None
+    portal_cache: tuple[int, int, int, int] = (10, 30, 86400, 3600)
 
     @property
     def mqtt(self) -> tuple[str, int, str | None, str | None] | None:
@@ -92,6 +97,13 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _seconds(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise SettingsError(f"{name} must be a whole number of seconds >= 0, got {value}")
+    return value
+
+
 def _retention(env: dict[str, str]) -> int | None:
     raw = env.get("CITYOS_HISTORY_RETENTION", "").strip()
     if not raw:
@@ -138,6 +150,13 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         mqtt_url=e.get("CITYOS_MQTT_URL") or None,
         mqtt_group=e.get("CITYOS_MQTT_GROUP") or "cityos",
         device_check=float(max(1, _int(e, "CITYOS_DEVICE_CHECK", 60))),
+        portal_tile_url=e.get("CITYOS_PORTAL_TILE_URL") or None,
+        portal_cache=(
+            _seconds(e, "CITYOS_PORTAL_MAX_AGE", 10),
+            _seconds(e, "CITYOS_PORTAL_STALE_WHILE_REVALIDATE", 30),
+            _seconds(e, "CITYOS_PORTAL_STALE_IF_ERROR", 86400),
+            _seconds(e, "CITYOS_PORTAL_ASSET_MAX_AGE", 3600),
+        ),
     )
     _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early

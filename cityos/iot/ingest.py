@@ -293,5 +293,3 @@ def query_timestamp(stamp: str) -> datetime | None:
     except payloads.PayloadError as exc:
         raise bad_request(f"t: {exc}") from None
     return wrapped[0].timestamp
-
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 
 import orjson
@@ -17,7 +16,7 @@ from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.portal import surge
 from cityos.portal.publisher import Builder, Publisher
-from cityos.portal.static import PublicFiles, PublicFront, cache_policy_from_env
+from cityos.portal.static import PublicFiles, PublicFront, cache_policy
 from cityos.settings import Settings
 from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
@@ -27,11 +26,6 @@ log = logging.getLogger("cityos.portal")
 MAX_ADMIN_BODY = 4096
 #: how long PUT /admin/portal/surge waits for the pages it switched to be published
 SWITCH_WAIT = 10.0
-
-
-def tile_url_from_env() -> str | None:
-    """Return CITYOS_PORTAL_TILE_URL (a map tile URL template), or None for the offline map."""
-    return os.environ.get("CITYOS_PORTAL_TILE_URL") or None
 
 
 def site_builder(store: Storage, *, tenant: str = "", tile_url: str | None = None) -> Builder:
@@ -56,11 +50,11 @@ def portal_routes(broker: Broker, builder: Builder | None = None) -> list[tuple[
     root = broker.settings.data_dir / "public"
     publisher = Publisher(
         root,
-        builder or site_builder(store, tile_url=tile_url_from_env()),
+        builder or site_builder(store, tile_url=broker.settings.portal_tile_url),
         barrier=lambda: store.write(_noop),
     )
     store.add_change_hook(publisher.hook)
-    files = PublicFiles(root, cache_policy_from_env())
+    files = PublicFiles(root, cache_policy(broker.settings))
 
     async def start() -> None:
         publisher.surge = (await surge.load(store)).surge
@@ -94,7 +88,7 @@ def portal_routes(broker: Broker, builder: Builder | None = None) -> list[tuple[
 
 def portal_front(app: ASGIApp, settings: Settings) -> PublicFront:
     """Wrap the app so /public/ is answered before its middleware and routing (the fast path)."""
-    return PublicFront(app, PublicFiles(settings.data_dir / "public", cache_policy_from_env()))
+    return PublicFront(app, PublicFiles(settings.data_dir / "public", cache_policy(settings)))
 
 
 def _json(doc: object) -> Response:

@@ -12,7 +12,6 @@ import hashlib
 import os
 import stat
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.broker.errors import MethodNotAllowed, NgsiError, ResourceNotFound
 from cityos.http.middleware.errors import send_problem
+from cityos.settings import Settings
 
 #: what nginx's mime.types and `charset_types` give, so both servers answer alike
 CONTENT_TYPES: Final[dict[str, str]] = {
@@ -73,27 +73,15 @@ class CachePolicy:
         return "public, max-age={}, stale-while-revalidate={}, stale-if-error={}".format(*ages)
 
 
-#: environment variable -> CachePolicy field
-ENV_VARS: Final = {
-    "CITYOS_PORTAL_MAX_AGE": "max_age",
-    "CITYOS_PORTAL_STALE_WHILE_REVALIDATE": "stale_while_revalidate",
-    "CITYOS_PORTAL_STALE_IF_ERROR": "stale_if_error",
-    "CITYOS_PORTAL_ASSET_MAX_AGE": "asset_max_age",
-}
-
-
-def cache_policy_from_env(env: Mapping[str, str] | None = None) -> CachePolicy:
-    """Read the CITYOS_PORTAL_* lifetimes, refusing anything but whole seconds >= 0."""
-    e = os.environ if env is None else env
-    values: dict[str, int] = {}
-    for name, fld in ENV_VARS.items():
-        raw = e.get(name, "").strip()
-        if not raw:
-            continue
-        if not raw.isdigit():
-            raise ValueError(f"{name} must be a whole number of seconds, got {raw!r}")
-        values[fld] = int(raw)
-    return CachePolicy(**values)
+def cache_policy(settings: Settings) -> CachePolicy:
+    """Return the lifetimes set by CITYOS_PORTAL_MAX_AGE and its siblings (settings.py)."""
+    max_age, revalidate, if_error, asset_max_age = settings.portal_cache
+    return CachePolicy(
+        max_age=max_age,
+        stale_while_revalidate=revalidate,
+        stale_if_error=if_error,
+        asset_max_age=asset_max_age,
+    )
 
 
 Headers = list[tuple[bytes, bytes]]

@@ -18,7 +18,8 @@ from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
 from cityos.portal.publisher import atomic_write, write_files
-from cityos.portal.static import CachePolicy, PublicFiles, PublicFront, cache_policy_from_env
+from cityos.portal.static import CachePolicy, PublicFiles, PublicFront, cache_policy
+from cityos.settings import SettingsError, from_env
 
 PAGE = ("<!doctype html><title>佐野市 水位</title>" + "<p>秋山川 2.31 m</p>" * 200).encode()
 JSON = b'{"gauges": [' + b",".join(b'{"level": 2.31}' for _ in range(200)) + b"]}"
@@ -249,10 +250,12 @@ def test_served_from_memory_until_the_file_changes(site: Path) -> None:
 
 
 def test_cache_policy_from_env() -> None:
-    policy = cache_policy_from_env(
-        {"CITYOS_PORTAL_MAX_AGE": "5", "CITYOS_PORTAL_ASSET_MAX_AGE": ""}
+    policy = cache_policy(
+        from_env({"CITYOS_PORTAL_MAX_AGE": "5", "CITYOS_PORTAL_ASSET_MAX_AGE": ""})
     )
     assert policy == CachePolicy(max_age=5)
     assert policy.header(".json").startswith("public, max-age=5, ")
-    with pytest.raises(ValueError, match="CITYOS_PORTAL_STALE_IF_ERROR"):
-        cache_policy_from_env({"CITYOS_PORTAL_STALE_IF_ERROR": "1d"})
+    with pytest.raises(SettingsError, match="CITYOS_PORTAL_STALE_IF_ERROR"):
+        from_env({"CITYOS_PORTAL_STALE_IF_ERROR": "1d"})
+    with pytest.raises(SettingsError, match="CITYOS_PORTAL_MAX_AGE"):
+        from_env({"CITYOS_PORTAL_MAX_AGE": "-1"})
