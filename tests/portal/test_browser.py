@@ -8,6 +8,7 @@ resident with a screen reader or a low-contrast screen would notice.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import socket
@@ -171,5 +172,46 @@ def test_language_switch_leads_to_the_same_page_in_english(portal: str) -> None:
             tab.locator("a[hreflang=ja]").first.click()
             tab.wait_for_load_state()
             assert tab.url.endswith("/public/shelters.html")
+        finally:
+            browser.close()
+
+
+def test_shelters_sort_by_distance_and_the_map_needs_no_network(portal: str) -> None:
+    sync_playwright = _require_chromium()
+    from cityos.demo import sano
+
+    here = (36.3144, 139.5783)  # 佐野市役所
+
+    def km(s: sano.Shelter) -> float:
+        r = math.pi / 180
+        a = math.sin((s.lat - here[0]) * r / 2)
+        b = math.sin((s.lon - here[1]) * r / 2)
+        h = a * a + math.cos(here[0] * r) * math.cos(s.lat * r) * b * b
+        return 12742 * math.asin(math.sqrt(h))
+
+    nearest = min(sano.SHELTERS, key=km)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(
+                geolocation={"latitude": here[0], "longitude": here[1]},
+                permissions=["geolocation"],
+            )
+            tab = context.new_page()
+            hosts: set[str] = set()
+            tab.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+            tab.goto(portal + "shelters.html")
+            first = tab.locator("#shelter-list > li h3").first.inner_text()
+            tab.locator("#sort-distance").click()
+            tab.wait_for_function(
+                "document.getElementById('distance-status').textContent.includes('近い順')"
+            )
+            sorted_first = tab.locator("#shelter-list > li h3").first.inner_text()
+            assert nearest.name_ja in sorted_first, (first, sorted_first)
+            assert "km" in sorted_first
+            # the map is drawn from the data: a mark per shelter, no tiles fetched from anywhere
+            assert tab.locator("svg.map").count() == 1
+            assert tab.locator("svg.map circle").count() >= len(sano.SHELTERS)
+            assert hosts == {portal.split("/")[2]}
         finally:
             browser.close()
