@@ -21,7 +21,7 @@ from cityos.iot import api as iot_api
 from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH, ContextLoader
 from cityos.portal.api import portal_front, portal_routes
 from cityos.safety import rules
-from cityos.settings import Settings
+from cityos.settings import Settings, from_env
 from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
 
@@ -31,6 +31,11 @@ def make_storage(settings: Settings) -> Storage:
     return SqliteStorage(
         settings.sqlite_path, sync=settings.sqlite_sync, query_threads=settings.query_threads
     )
+
+
+def app_from_env() -> ASGIApp:
+    """Return the app configured by the CITYOS_* environment (the server worker's factory)."""
+    return create_app(from_env())
 
 
 def create_app(settings: Settings) -> ASGIApp:
