@@ -16,15 +16,16 @@ CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
-def parse_accept(header: str | None, offered: tuple[str, ...]) -> str:
-    """Pick the offered media type the Accept header prefers; raise NotAcceptable if none."""
-    if not header:
-        return offered[0]
-    scored: list[tuple[float, int, int, str]] = []
+def weighted(header: str) -> list[tuple[str, float]]:
+    """Split a list header with q-values (Accept, Accept-Encoding) into (lower-cased token, q).
+
+    A malformed q counts as 0 (refused), as RFC 9110 12.4.2 leaves it to the recipient.
+    """
+    items: list[tuple[str, float]] = []
     for part in header.split(","):
         bits = part.strip().split(";")
-        mtype = bits[0].strip().lower()
-        if not mtype:
+        token = bits[0].strip().lower()
+        if not token:
             continue
         q = 1.0
         for p in bits[1:]:
@@ -34,6 +35,16 @@ def parse_accept(header: str | None, offered: tuple[str, ...]) -> str:
                     q = float(v)
                 except ValueError:
                     q = 0.0
+        items.append((token, q))
+    return items
+
+
+def parse_accept(header: str | None, offered: tuple[str, ...]) -> str:
+    """Pick the offered media type the Accept header prefers; raise NotAcceptable if none."""
+    if not header:
+        return offered[0]
+    scored: list[tuple[float, int, int, str]] = []
+    for mtype, q in weighted(header):
         if q <= 0:
             continue
         for rank, cand in enumerate(offered):

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.broker.errors import MethodNotAllowed, NgsiError, ResourceNotFound
+from cityos.http import media
 from cityos.http.middleware.errors import send_problem
 from cityos.settings import Settings
 
@@ -320,16 +321,7 @@ def _accepts_gzip(header: bytes) -> bool:
     if b"gzip" not in header and b"*" not in header:
         return False
     star = False
-    for part in header.decode("latin-1").lower().split(","):
-        coding, _, params = part.partition(";")
-        coding = coding.strip()
-        q = 1.0
-        key, _, value = params.strip().partition("=")
-        if key.strip() == "q":
-            try:
-                q = float(value)
-            except ValueError:
-                q = 0.0
+    for coding, q in media.weighted(header.decode("latin-1")):
         if coding == "gzip":
             return q > 0
         if coding == "*":
