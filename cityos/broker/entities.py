@@ -83,6 +83,15 @@ def put_instance(current: list[Instance], new: Instance) -> list[Instance]:
     return out
 
 
+def put_attributes(cur: Doc, attrs: dict[str, list[Instance]], now: str) -> Doc:
+    """Return cur with each given instance put in place (replacing its datasetId's), touched."""
+    merged = dict(cur["attrs"])
+    for iri, insts in attrs.items():
+        for inst in insts:
+            merged[iri] = put_instance(list(merged.get(iri, [])), dict(inst))
+    return {**cur, "modifiedAt": now, "attrs": merged}
+
+
 def merge_instance(old: Instance, patch: Instance, now: str) -> Instance:
     """Merge a patch into an instance: given members replace, sub-attributes merge."""
     merged = dict(old)

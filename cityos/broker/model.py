@@ -95,6 +95,17 @@ def instances(doc: Doc, attr: str) -> list[Instance]:
     return result
 
 
+def default_instance(doc: Doc | None, attr: str) -> Instance | None:
+    """Return the instance without datasetId of an expanded attribute, if any."""
+    if doc is None:
+        return None
+    for inst in doc.get("attrs", {}).get(attr, ()):
+        if inst.get("datasetId") is None:
+            found: Instance = inst
+            return found
+    return None
+
+
 def sub_attributes(inst: Instance) -> dict[str, Instance]:
     """Return the sub-attributes of an instance, keyed by expanded IRI."""
     return {k: v for k, v in inst.items() if k not in CORE_MEMBERS}

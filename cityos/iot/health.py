@@ -21,8 +21,8 @@ from typing import Any, Final
 
 from cityos.broker import clock
 from cityos.broker.api.common import Broker
-from cityos.broker.entities import put_instance
-from cityos.broker.model import DEFAULT_VOCAB, Doc
+from cityos.broker.entities import put_attributes
+from cityos.broker.model import DEFAULT_VOCAB, Doc, default_instance
 from cityos.broker.normalize import Normalizer
 from cityos.iot.ingest import Ingestor, Seen
 from cityos.iot.provisioning import IotError, parse_device
@@ -228,11 +228,7 @@ class HealthMonitor:
         def fn(cur: Doc | None) -> Doc:
             if cur is None or replace:
                 return {**fresh, "createdAt": cur["createdAt"] if cur else stamp}
-            merged = dict(cur["attrs"])
-            for iri, insts in fresh["attrs"].items():
-                for inst in insts:
-                    merged[iri] = put_instance(list(merged.get(iri, [])), dict(inst))
-            return {**cur, "modifiedAt": stamp, "attrs": merged}
+            return put_attributes(cur, fresh["attrs"], stamp)
 
         outcomes = await self.broker.store.apply(tenant, [Mutation(alert_id, fn)])
         if outcomes[0].error is not None:
@@ -240,9 +236,5 @@ class HealthMonitor:
 
 
 def _status(entity: Doc | None) -> Any:
-    if entity is None:
-        return None
-    for inst in entity.get("attrs", {}).get(DEFAULT_VOCAB + "levelStatus", ()):
-        if inst.get("datasetId") is None:
-            return inst.get("value")
-    return None
+    inst = default_instance(entity, DEFAULT_VOCAB + "levelStatus")
+    return None if inst is None else inst.get("value")

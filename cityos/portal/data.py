@@ -13,7 +13,7 @@ from typing import Any, Final
 import orjson
 
 from cityos.broker import typesel
-from cityos.broker.model import DEFAULT_VOCAB, LOCATION, NGSI_LD, Doc, Instance
+from cityos.broker.model import DEFAULT_VOCAB, LOCATION, NGSI_LD, Doc, default_instance
 from cityos.broker.temporal import TemporalQuery, from_micros, to_micros
 from cityos.safety.flood import STATUSES
 from cityos.storage.base import EntityQuery, Storage
@@ -148,16 +148,8 @@ class PortalData:
 
 
 # -- reading stored documents ------------------------------------------------------------------
-def _inst(doc: Doc, iri: str) -> Instance | None:
-    for inst in doc.get("attrs", {}).get(iri, ()):
-        if inst.get("datasetId") is None:
-            found: Instance = inst
-            return found
-    return None
-
-
 def _value(doc: Doc, term: str, iri: str | None = None) -> Any:
-    inst = _inst(doc, iri or V + term)
+    inst = default_instance(doc, iri or V + term)
     if inst is None:
         return None
     if inst.get("type") == "Relationship":
@@ -180,7 +172,7 @@ def _count(value: Any) -> int | None:
 
 
 def _names(doc: Doc) -> tuple[str, str]:
-    inst = _inst(doc, V + "name")
+    inst = default_instance(doc, V + "name")
     if inst is None:
         return doc["id"], doc["id"]
     names = inst.get("languageMap")
@@ -192,7 +184,7 @@ def _names(doc: Doc) -> tuple[str, str]:
 
 
 def _point(doc: Doc) -> tuple[float | None, float | None]:
-    inst = _inst(doc, LOCATION)
+    inst = default_instance(doc, LOCATION)
     geometry = inst.get("value") if inst else None
     if isinstance(geometry, dict) and geometry.get("type") == "Point":
         coords = geometry.get("coordinates")
@@ -202,7 +194,7 @@ def _point(doc: Doc) -> tuple[float | None, float | None]:
 
 
 def _observed(doc: Doc, term: str) -> str | None:
-    inst = _inst(doc, V + term)
+    inst = default_instance(doc, V + term)
     stamp = inst.get("observedAt") if inst else None
     return _utc(stamp) if isinstance(stamp, str) else None
 

@@ -12,8 +12,8 @@ import functools
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cityos.broker.entities import put_instance
-from cityos.broker.model import DEFAULT_VOCAB, Doc, Instance
+from cityos.broker.entities import put_attributes, put_instance
+from cityos.broker.model import DEFAULT_VOCAB, Doc, Instance, default_instance
 from cityos.broker.normalize import Normalizer
 from cityos.jsonld.context import ActiveContext
 from cityos.safety import flood
@@ -48,14 +48,7 @@ def _context() -> ActiveContext:
 
 
 def _default(doc: Doc | None, term: str) -> Instance | None:
-    """Return the instance without datasetId of an attribute, if any."""
-    if doc is None:
-        return None
-    for inst in doc.get("attrs", {}).get(V + term, ()):
-        if inst.get("datasetId") is None:
-            found: Instance = inst
-            return found
-    return None
+    return default_instance(doc, V + term)
 
 
 def _value(doc: Doc | None, term: str) -> Any:
@@ -168,11 +161,7 @@ def _alert_fn(
                 "modifiedAt": now,
                 "attrs": dict(fresh),
             }
-        merged = dict(cur["attrs"])
-        for iri, insts in fresh.items():
-            for inst in insts:
-                merged[iri] = put_instance(list(merged.get(iri, [])), dict(inst))
-        return {**cur, "modifiedAt": now, "attrs": merged}
+        return put_attributes(cur, fresh, now)
 
     return fn
 
