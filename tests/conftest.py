@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,22 @@ def require_mosquitto() -> None:
         if os.environ.get("CITYOS_REQUIRE_SERVICES") == "1":
             pytest.fail(reason + " and CITYOS_REQUIRE_SERVICES=1")
         pytest.skip(reason)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], Any], what: str = "the condition", timeout: float = 10.0) -> Any:
+    """Poll check() until it returns something truthy; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")

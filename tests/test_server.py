@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.server
 CITYOS = str(Path(sys.executable).parent / "cityos")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import MQTT_HOST, MQTT_PORT, make_client, require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, free_port, make_client, require_mosquitto
 
 from cityos.cli import main
 from cityos.demo import sano, scenario
@@ -49,15 +49,6 @@ def test_demo_no_serve_loads_sano_and_is_idempotent(tmp_path: Path) -> None:
         assert devices["count"] == len(sano.GAUGES) + len(sano.RAIN_GAUGES) + len(sano.SHELTERS)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Run `cityos demo --once` as a real process, twice on the same data; return data and log."""
@@ -66,7 +57,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     for _ in range(2):  # the second run must start afresh
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
         r = subprocess.run(
-            [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(_free_port()),
+            [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(free_port()),
              "--data-dir", str(data)],
             env=env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
@@ -152,7 +143,7 @@ def test_demo_once_replays_the_typhoon_over_mqtt(tmp_path: Path) -> None:
     env["CITYOS_MQTT_URL"] = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
     env["CITYOS_MQTT_GROUP"] = f"demo-test-{os.getpid()}"  # nobody else takes our messages
     r = subprocess.run(
-        [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(_free_port()),
+        [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(free_port()),
          "--data-dir", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_client
+from conftest import make_client, wait_for
 from starlette.testclient import TestClient
 
 from cityos.iot.health import due
@@ -52,16 +52,6 @@ def send(c: TestClient, device_id: str, level: float) -> None:
 def alert(c: TestClient, device_id: str) -> dict[str, Any] | None:
     r = c.get(f"{E}/urn:ngsi-ld:Alert:device-{device_id}", params={"options": "keyValues"})
     return r.json() if r.status_code == 200 else None
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail("timed out")
 
 
 def test_silent_device_raises_an_alert_that_closes_when_it_reports(client: TestClient) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import MQTT_HOST, MQTT_PORT, make_client, require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, make_client, require_mosquitto, wait_for
 from starlette.testclient import TestClient
 
 from cityos.iot.mqtt import route
@@ -76,16 +75,6 @@ def mqtt_app(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
         )
         assert r.status_code == 201, r.text
         yield c, key
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def publish(*messages: tuple[str, bytes | str]) -> None:

@@ -11,7 +11,6 @@ import itertools
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CITYOS = str(Path(sys.executable).parent / "cityos")
@@ -42,24 +42,17 @@ def _require_chromium() -> Any:
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Replay the typhoon into a fresh data dir, then serve it; yield the portal's base URL."""
     data = tmp_path_factory.mktemp("portal")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
     subprocess.run(
-        [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(_free_port()),
+        [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(free_port()),
          "--data-dir", str(data)],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [CITYOS, "serve", "--port", str(port), "--data-dir", str(data)],
         env=env,

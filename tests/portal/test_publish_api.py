@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 from click.testing import CliRunner
+from conftest import free_port
 from starlette.routing import Router
 from starlette.testclient import TestClient
 
@@ -119,13 +119,6 @@ def test_the_switch_only_takes_get_and_put(tmp_path: Path) -> None:
 
 
 # -- the CLI ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

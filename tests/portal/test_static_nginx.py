@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 from cityos.portal.publisher import write_files
 from cityos.portal.static import PublicFiles
@@ -64,13 +65,6 @@ def nginx_binary() -> str:
             pytest.fail(reason + " and CITYOS_REQUIRE_SERVICES=1")
         pytest.skip(reason)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
