@@ -25,7 +25,7 @@ from cityos.broker.entities import put_attributes
 from cityos.broker.model import DEFAULT_VOCAB, Doc, default_instance
 from cityos.broker.normalize import Normalizer
 from cityos.iot.ingest import Ingestor, Seen
-from cityos.iot.provisioning import IotError, parse_device
+from cityos.iot.provisioning import Device, IotError, parse_device
 from cityos.storage.base import Mutation
 from cityos.storage.sqlite_iot import IotStore
 
@@ -128,7 +128,7 @@ class HealthMonitor:
         for tenant, doc, last_seen, silent in await self.iot.all_devices():
             device = parse_device(doc)
             last = last_seen if last_seen is not None else self._started_at
-            interval = await self._interval(tenant, device.device_id, doc, last, now)
+            interval = await self._interval(tenant, device, last, now)
             late = now >= due(last, interval)
             if late and not silent:
                 await self._raise(tenant, device.device_id, doc, last, interval, now)
@@ -138,10 +138,7 @@ class HealthMonitor:
                 changes.append((tenant, device.device_id, False))
         return changes
 
-    async def _interval(
-        self, tenant: str, device_id: str, doc: dict[str, Any], last: float, now: float
-    ) -> int:
-        device = parse_device(doc)
+    async def _interval(self, tenant: str, device: Device, last: float, now: float) -> int:
         heartbeat, active = device.expected_interval, device.active_interval
         entity_id: str | None = device.entity_name
         if device.apikey:
@@ -153,7 +150,7 @@ class HealthMonitor:
         active = min(active or DEFAULT_ACTIVE, heartbeat)
         if now < due(last, active):
             return heartbeat  # on time even by the short interval: no need to look further
-        seen = self.ingestor.seen.get((tenant, device_id))
+        seen = self.ingestor.seen.get((tenant, device.device_id))
         entity_id = seen.entity_id if seen is not None else entity_id
         if entity_id is None:
             return heartbeat

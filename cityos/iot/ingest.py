@@ -25,6 +25,7 @@ from cityos.broker.api.common import Broker
 from cityos.broker.entities import EntityService, UpdateResult
 from cityos.broker.errors import NgsiError
 from cityos.iot import payloads
+from cityos.iot.payloads import MeasureMapping
 from cityos.iot.provisioning import (
     Device,
     Group,
@@ -69,6 +70,8 @@ class Ingestor:
         self.seen: dict[tuple[str, str], Seen] = {}
         self._groups: dict[tuple[str, str | None], tuple[float, tuple[str, str, Group]]] = {}
         self._devices: dict[tuple[str, str], tuple[float, Device]] = {}
+        # the merged mapping of a (group, device) pair, rebuilt only when either is reloaded
+        self._mappings: dict[tuple[int, int], tuple[Group, Device, MeasureMapping]] = {}
         self._listeners: list[Callable[[Seen], None]] = []
         self._log = QuietLog(log)
 
@@ -76,6 +79,7 @@ class Ingestor:
         """Drop cached provisioning (called when groups or devices change)."""
         self._groups.clear()
         self._devices.clear()
+        self._mappings.clear()
 
     def on_seen(self, listener: Callable[[Seen], None]) -> None:
         """Call listener(seen) whenever a device's measures have been written."""
@@ -184,6 +188,17 @@ class Ingestor:
         for listener in self._listeners:
             listener(seen)
 
+    def _mapping(self, group: Group, device: Device) -> MeasureMapping:
+        key = (id(group), id(device))
+        hit = self._mappings.get(key)
+        if hit is not None and hit[0] is group and hit[1] is device:
+            return hit[2]
+        mapping = mapping_for(device, group)
+        if len(self._mappings) > 100_000:
+            self._mappings.clear()
+        self._mappings[key] = (group, device, mapping)
+        return mapping
+
     async def _prepare(self, m: Message) -> Prepared:
         tenant, path, group = await self.find_group(m.apikey, m.resource)
         device = await self.find_device(tenant, path, group, m.device_id)
@@ -198,7 +213,7 @@ class Ingestor:
                 forced = query_timestamp(m.stamp)
                 # A timestamp inside the payload is the device's own and stays.
                 measures = [payloads.Measures(x.values, x.timestamp or forced) for x in measures]
-            updates = payloads.to_updates(measures, mapping_for(device, group), now=_now())
+            updates = payloads.to_updates(measures, self._mapping(group, device), now=_now())
         except payloads.PayloadError as exc:
             raise bad_request(str(exc)) from None
         entity_id = entity_id_for(device, group)
