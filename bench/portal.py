@@ -41,6 +41,10 @@ GAUGE_DEVICE, GAUGE_KEY = "sano-wl-akiyama-ohashi", "sano-river"
 GAUGE_ID = "urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi"
 FILES = ("water-levels.json", "water-levels.html")
 
+# nginx runs the documented configuration (docs/nginx-portal.conf), as the nginx test does, in a
+# wrapper of our own: all cores, no daemon, everything under a temporary prefix.
+NGINX_SNIPPET = ROOT / "docs" / "nginx-portal.conf"
+NGINX_PLACEHOLDER = "root /var/lib/cityos;"
 NGINX_CONF = """
 worker_processes auto;
 daemon off;
@@ -52,25 +56,14 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
-    types {{
-        text/html html; application/json json; text/css css;
-        application/javascript js; image/svg+xml svg;
-    }}
-    charset utf-8;
-    charset_types application/json text/css application/javascript;
-    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server {{
         listen 127.0.0.1:{port};
-        location /public/ {{
-            alias {public}/;
-            gzip_static on;
-            etag on;
-            add_header Cache-Control
-                "public, max-age=10, stale-while-revalidate=30, stale-if-error=86400";
-        }}
+        include {snippet};
     }}
 }}
 """
@@ -196,8 +189,12 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     prefix = tmp / "nginx"
     prefix.mkdir()
+    snippet = prefix / "portal.conf"
+    documented = NGINX_SNIPPET.read_text(encoding="utf-8")
+    assert NGINX_PLACEHOLDER in documented, f"{NGINX_SNIPPET} no longer has {NGINX_PLACEHOLDER}"
+    snippet.write_text(documented.replace(NGINX_PLACEHOLDER, f"root {data};"), encoding="utf-8")
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=nport, public=data / "public"))
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=nport, snippet=snippet))
     nginx = subprocess.Popen(
         ["nginx", "-p", str(prefix), "-c", str(conf)],
         stderr=subprocess.DEVNULL, preexec_fn=_raise_nofile,
@@ -261,7 +258,8 @@ def render(
         f"- Load: wrk -t2 -c{args.connections} -d{args.duration}s with `Accept-Encoding: gzip`, "
         f"one file at a time, nginx first; meanwhile {args.rate:g} gauge readings/s go in "
         "through `POST /iot/json` and republish the snapshots. cityos: one `cityos serve` "
-        "worker; nginx: `worker_processes auto` (2 here), `gzip_static on`, the same folder.",
+        "worker (granian); nginx: docs/nginx-portal.conf with `worker_processes auto` (2 here), "
+        "the same folder.",
         "",
         "| file | server | req/s | vs nginx | p99 ms | errors |",
         "|---|---|---:|---:|---:|---:|",
