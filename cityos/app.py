@@ -17,9 +17,11 @@ from cityos.broker.api.common import Broker
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
+from cityos.http.rsgi import RsgiBridge
 from cityos.iot import api as iot_api
 from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH, ContextLoader
-from cityos.portal.api import portal_front, portal_routes
+from cityos.portal.api import portal_front, portal_routes, public_files
+from cityos.portal.static import PublicFiles
 from cityos.safety import rules
 from cityos.settings import Settings, from_env
 from cityos.storage.base import Storage
@@ -34,8 +36,18 @@ def make_storage(settings: Settings) -> Storage:
 
 
 def app_from_env() -> ASGIApp:
-    """Return the app configured by the CITYOS_* environment (the server worker's factory)."""
+    """Return the ASGI app configured by the CITYOS_* environment."""
     return create_app(from_env())
+
+
+def rsgi_app_from_env() -> RsgiBridge:
+    """Return the app as granian's RSGI worker runs it (the factory `cityos serve` names).
+
+    /public/ files are answered on RSGI's fast lane; everything else goes to the ASGI app.
+    """
+    app = create_app(from_env())
+    files: PublicFiles = app.files  # type: ignore[attr-defined]
+    return RsgiBridge(app, lifespan=app.lifespan, fast=files.rsgi)  # type: ignore[attr-defined]
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -79,6 +91,7 @@ def create_app(settings: Settings) -> ASGIApp:
             {"status": "ok" if ready else "starting", "version": __version__}, status
         )
 
+    files = public_files(settings)
     table = (
         entities.routes(broker)
         + query.routes(broker)
@@ -88,7 +101,7 @@ def create_app(settings: Settings) -> ASGIApp:
         + subscriptions.routes(broker)
         + temporal.routes(broker)
         + iot_api.routes(broker)
-        + portal_routes(broker)
+        + portal_routes(broker, files=files)
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],
@@ -98,7 +111,7 @@ def create_app(settings: Settings) -> ASGIApp:
     )
     app: ASGIApp = TrailingSlashMiddleware(router)
     app = ErrorMiddleware(app)
-    app = portal_front(app, settings)  # /public/ first: the hot path during a surge
+    app = portal_front(app, files)  # /public/ first; its .files is the RSGI fast lane
     app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

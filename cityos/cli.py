@@ -33,8 +33,9 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     """Serve the app with granian until SIGINT/SIGTERM, then drain and stop.
 
     granian parses HTTP in Rust: under 1,000 connections it served the portal's snapshots at
-    twice uvicorn's rate without uvicorn's multi-second tail (bench/RESULTS.md, issue 5). Its
-    worker builds the app from the environment, so the settings travel there as CITYOS_*.
+    twice uvicorn's rate without uvicorn's multi-second tail, and its RSGI interface answers
+    them in one call (bench/RESULTS.md, issue 5). Its worker builds the app from the
+    environment, so the settings travel there as CITYOS_*.
     """
     from granian import Granian
     from granian.constants import Interfaces
@@ -61,10 +62,11 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         err=True,
     )
     Granian(
-        "cityos.app:app_from_env",
+        "cityos.app:rsgi_app_from_env",
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
+        websockets=False,
         factory=True,
         workers=1,
         backlog=4096,

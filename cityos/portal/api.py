@@ -43,18 +43,25 @@ def _noop(conn: sqlite3.Connection) -> None:
     """Commit nothing: awaited, it means every write queued before it has committed."""
 
 
-def portal_routes(broker: Broker, builder: Builder | None = None) -> list[tuple[str, str, Handler]]:
+def public_files(settings: Settings) -> PublicFiles:
+    """Return the server's view of the published folder (one per app: routes and front)."""
+    return PublicFiles(settings.data_dir / "public", cache_policy(settings))
+
+
+def portal_routes(
+    broker: Broker, builder: Builder | None = None, *, files: PublicFiles | None = None
+) -> list[tuple[str, str, Handler]]:
     """Return the /public/ and /admin/portal/ routes, and publish the site while running."""
     store = broker.store
     assert isinstance(store, SqliteStorage), "the portal publisher needs the SQLite engine"
-    root = broker.settings.data_dir / "public"
+    files = files or public_files(broker.settings)
     publisher = Publisher(
-        root,
+        files.root,
         builder or site_builder(store, tile_url=broker.settings.portal_tile_url),
         barrier=lambda: store.write(_noop),
+        on_publish=files.forget,
     )
     store.add_change_hook(publisher.hook)
-    files = PublicFiles(root, cache_policy(broker.settings))
 
     async def start() -> None:
         publisher.surge = (await surge.load(store)).surge
@@ -86,9 +93,9 @@ def portal_routes(broker: Broker, builder: Builder | None = None) -> list[tuple[
     ]
 
 
-def portal_front(app: ASGIApp, settings: Settings) -> PublicFront:
+def portal_front(app: ASGIApp, files: PublicFiles) -> PublicFront:
     """Wrap the app so /public/ is answered before its middleware and routing (the fast path)."""
-    return PublicFront(app, PublicFiles(settings.data_dir / "public", cache_policy(settings)))
+    return PublicFront(app, files)
 
 
 def _json(doc: object) -> Response:

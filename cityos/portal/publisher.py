@@ -145,6 +145,7 @@ class Publisher:
         interval: float = 1.0,
         barrier: Callable[[], Awaitable[object]] | None = None,
         max_retry: float = 30.0,
+        on_publish: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.surge = False
@@ -156,6 +157,7 @@ class Publisher:
         # awaited before each build: lets the transaction that called the hook commit first
         self._barrier = barrier
         self._max_retry = max_retry
+        self._on_publish = on_publish  # called after files changed (the server's file cache)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -241,11 +243,20 @@ class Publisher:
                     fut.set_result(written)
 
     async def _build(self) -> list[Written]:
+        began = time.monotonic()
         if self._barrier is not None:
             await self._barrier()
         files = await self._builder(surge=self.surge)
         written = await asyncio.to_thread(write_files, self.root, files)
         n = sum(w.changed for w in written)
+        if n and self._on_publish is not None:
+            self._on_publish()
         if n:
-            log.info("portal: published %d changed files of %d into %s", n, len(written), self.root)
+            log.info(
+                "portal: published %d changed files of %d into %s in %.0f ms",
+                n,
+                len(written),
+                self.root,
+                (time.monotonic() - began) * 1000,
+            )
         return written

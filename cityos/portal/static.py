@@ -11,18 +11,19 @@ import gzip
 import hashlib
 import os
 import stat
+import time
 import zlib
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cityos.broker.errors import MethodNotAllowed, NgsiError, ResourceNotFound
-from cityos.http import media
+from cityos.http import media, rsgi
 from cityos.http.middleware.errors import send_problem
 from cityos.settings import Settings
 
@@ -47,6 +48,9 @@ COMPRESSIBLE: Final = frozenset({".html", ".json", ".css", ".js", ".svg", ".txt"
 #: pages change with the data; everything else (css, js, images) only with a new release
 PAGES: Final = frozenset({".html", ".json"})
 MAX_ENTRIES = 1024
+#: a file answered from memory is stat()ed again after this many seconds (a stat per request
+#: was half of the fast lane's time); the in-process publisher calls forget() after writing
+RECHECK: Final = 0.05
 PREFIX: Final = "/public"
 
 
@@ -86,6 +90,15 @@ def cache_policy(settings: Settings) -> CachePolicy:
 
 
 Headers = list[tuple[bytes, bytes]]
+StrHeaders = list[tuple[str, str]]
+#: what browsers send, known to allow gzip without parsing q-values
+_PLAIN_GZIP: Final = frozenset(
+    {"gzip", "gzip, deflate", "gzip, deflate, br", "gzip, deflate, br, zstd"}
+)
+
+
+#: which of an entry's header sets a response uses
+PLAIN, ZIPPED, NOT_MODIFIED, NOT_MODIFIED_GZ = range(4)
 
 
 @dataclass(slots=True)
@@ -96,13 +109,13 @@ class _Entry:
     file: str  # the path stat()ed to see whether it changed
     body: bytes
     gz: bytes | None
-    etag: bytes
-    gz_etag: bytes
+    etag: str
+    gz_etag: str
     mtime: int  # whole seconds, as Last-Modified carries them
-    plain: Headers
-    zipped: Headers | None
-    not_modified: Headers
-    not_modified_gz: Headers
+    checked: float  # time.monotonic() of the last stat() that found this version
+    #: indexed by PLAIN, ZIPPED, NOT_MODIFIED, NOT_MODIFIED_GZ; as ASGI and as RSGI want them
+    headers: tuple[Headers, ...]
+    str_headers: tuple[StrHeaders, ...]
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -124,28 +137,41 @@ def clean_path(path: str) -> str | None:
 class PublicFiles:
     """The files of one folder, answered from memory with ETag, Last-Modified and gzip."""
 
-    def __init__(self, root: Path, policy: CachePolicy | None = None) -> None:
+    def __init__(
+        self, root: Path, policy: CachePolicy | None = None, *, recheck: float = RECHECK
+    ) -> None:
         self.root = Path(root)
         self.policy = policy or CachePolicy()
+        self.recheck = recheck
         self._entries: dict[str, _Entry] = {}
-        self._dates: dict[bytes, float | None] = {}
+        self._dates: dict[str, float | None] = {}
         self._real_root = ""
 
     # -- answering ------------------------------------------------------------------------
     def answer(self, path: str, method: str, headers: Headers) -> tuple[int, Headers, bytes] | None:
         """Return (status, headers, body) for a GET or HEAD of path, or None for 404."""
-        entry = self._entry(path)
-        if entry is None:
-            return None
         accept = inm = ims = None
         for name, value in headers:
             if name == b"accept-encoding":
-                accept = value
+                accept = value.decode("latin-1")
             elif name == b"if-none-match":
-                inm = value
+                inm = value.decode("latin-1")
             elif name == b"if-modified-since":
-                ims = value
-        zipped = entry.zipped is not None and accept is not None and _accepts_gzip(accept)
+                ims = value.decode("latin-1")
+        found = self._pick(path, method, accept, inm, ims)
+        if found is None:
+            return None
+        entry, which, status, body = found
+        return status, entry.headers[which], body
+
+    def _pick(
+        self, path: str, method: str, accept: str | None, inm: str | None, ims: str | None
+    ) -> tuple[_Entry, int, int, bytes] | None:
+        """Return the entry, which of its header sets, the status and the body to send."""
+        entry = self._entry(path)
+        if entry is None:
+            return None
+        zipped = entry.gz is not None and accept is not None and _accepts_gzip(accept)
         if inm is not None:
             fresh = _etag_matches(inm, entry.etag, entry.gz_etag)
         elif ims is not None:
@@ -154,12 +180,37 @@ class PublicFiles:
         else:
             fresh = False
         if fresh:
-            return 304, (entry.not_modified_gz if zipped else entry.not_modified), b""
+            return entry, (NOT_MODIFIED_GZ if zipped else NOT_MODIFIED), 304, b""
         if zipped:
-            assert entry.zipped is not None
             assert entry.gz is not None
-            return 200, entry.zipped, (b"" if method == "HEAD" else entry.gz)
-        return 200, entry.plain, (b"" if method == "HEAD" else entry.body)
+            return entry, ZIPPED, 200, (b"" if method == "HEAD" else entry.gz)
+        return entry, PLAIN, 200, (b"" if method == "HEAD" else entry.body)
+
+    def rsgi(self, scope: rsgi.Scope, proto: Any) -> bool:
+        """Answer a GET or HEAD of an existing file under /public at once (the RSGI fast lane).
+
+        Anything else (another method, a missing file) is left to the app, which gives the
+        same answers as the ASGI path, errors included.
+        """
+        path = scope.path
+        if not path.startswith(PREFIX) or (len(path) > len(PREFIX) and path[len(PREFIX)] != "/"):
+            return False
+        method = scope.method
+        if method != "GET" and method != "HEAD":
+            return False
+        get = scope.headers.get
+        found = self._pick(
+            path[len(PREFIX) :],
+            method,
+            get("accept-encoding"),
+            get("if-none-match"),
+            get("if-modified-since"),
+        )
+        if found is None:
+            return False
+        entry, which, status, body = found
+        proto.response_bytes(status, entry.str_headers[which], body)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve as a plain ASGI app for paths under /public (see PublicFront)."""
@@ -188,15 +239,24 @@ class PublicFiles:
         return _Raw(*found)
 
     # -- the in-memory files --------------------------------------------------------------
+    def forget(self) -> None:
+        """Look at every file again on its next request (the publisher has just written)."""
+        for entry in list(self._entries.values()):
+            entry.checked = -RECHECK
+
     def _entry(self, path: str) -> _Entry | None:
         entry = self._entries.get(path)
         if entry is not None:
+            now = time.monotonic()
+            if now - entry.checked < self.recheck:
+                return entry
             try:
                 st = os.stat(entry.file)
             except OSError:
                 del self._entries[path]
                 return None
             if _version(st) == entry.version:
+                entry.checked = now
                 return entry
         rel = clean_path(path)
         if rel is None:
@@ -262,32 +322,31 @@ class PublicFiles:
         suffix: str,
     ) -> _Entry:
         digest = hashlib.blake2b(body, digest_size=12).hexdigest()
-        etag = f'"{digest}"'.encode()
-        gz_etag = f'"{digest}-gz"'.encode()
-        last_modified = formatdate(int(mtime), usegmt=True).encode()
-        common: Headers = [
-            (b"cache-control", self.policy.header(suffix).encode()),
-            (b"last-modified", last_modified),
-            (b"x-content-type-options", b"nosniff"),
+        etag, gz_etag = f'"{digest}"', f'"{digest}-gz"'
+        common: StrHeaders = [
+            ("cache-control", self.policy.header(suffix)),
+            ("last-modified", formatdate(int(mtime), usegmt=True)),
+            ("x-content-type-options", "nosniff"),
         ]
         if gz is not None:
-            common.append((b"vary", b"Accept-Encoding"))
-        ctype = CONTENT_TYPES.get(suffix, DEFAULT_TYPE).encode()
-        plain: Headers = [
-            (b"content-type", ctype),
-            (b"content-length", str(len(body)).encode()),
-            (b"etag", etag),
+            common.append(("vary", "Accept-Encoding"))
+        ctype = CONTENT_TYPES.get(suffix, DEFAULT_TYPE)
+        plain: StrHeaders = [
+            ("content-type", ctype),
+            ("content-length", str(len(body))),
+            ("etag", etag),
             *common,
         ]
-        zipped: Headers | None = None
+        zipped: StrHeaders = plain  # never chosen: gz is None
         if gz is not None:
             zipped = [
-                (b"content-type", ctype),
-                (b"content-length", str(len(gz)).encode()),
-                (b"content-encoding", b"gzip"),
-                (b"etag", gz_etag),
+                ("content-type", ctype),
+                ("content-length", str(len(gz))),
+                ("content-encoding", "gzip"),
+                ("etag", gz_etag),
                 *common,
             ]
+        sets = (plain, zipped, [("etag", etag), *common], [("etag", gz_etag), *common])
         return _Entry(
             version=version,
             file=file,
@@ -296,18 +355,17 @@ class PublicFiles:
             etag=etag,
             gz_etag=gz_etag,
             mtime=int(mtime),
-            plain=plain,
-            zipped=zipped,
-            not_modified=[(b"etag", etag), *common],
-            not_modified_gz=[(b"etag", gz_etag), *common],
+            checked=time.monotonic(),
+            headers=tuple([(k.encode(), v.encode()) for k, v in h] for h in sets),
+            str_headers=sets,
         )
 
-    def _date(self, raw: bytes) -> float | None:
+    def _date(self, raw: str) -> float | None:
         """Parse an HTTP date (remembering the few distinct ones clients send)."""
         if raw in self._dates:
             return self._dates[raw]
         try:
-            when: float | None = parsedate_to_datetime(raw.decode("latin-1")).timestamp()
+            when: float | None = parsedate_to_datetime(raw).timestamp()
         except (TypeError, ValueError, IndexError):
             when = None
         if len(self._dates) > 256:
@@ -316,12 +374,14 @@ class PublicFiles:
         return when
 
 
-def _accepts_gzip(header: bytes) -> bool:
+def _accepts_gzip(header: str) -> bool:
     """Tell whether an Accept-Encoding value allows gzip (RFC 9110 12.5.3)."""
-    if b"gzip" not in header and b"*" not in header:
+    if header in _PLAIN_GZIP:
+        return True
+    if "gzip" not in header and "*" not in header:
         return False
     star = False
-    for coding, q in media.weighted(header.decode("latin-1")):
+    for coding, q in media.weighted(header):
         if coding == "gzip":
             return q > 0
         if coding == "*":
@@ -329,13 +389,13 @@ def _accepts_gzip(header: bytes) -> bool:
     return star
 
 
-def _etag_matches(header: bytes, etag: bytes, gz_etag: bytes) -> bool:
+def _etag_matches(header: str, etag: str, gz_etag: str) -> bool:
     """Weak comparison of If-None-Match against either representation's tag."""
-    if header.strip() == b"*":
+    if header.strip() == "*":
         return True
-    for tag in header.split(b","):
+    for tag in header.split(","):
         tag = tag.strip()
-        if tag.startswith(b"W/"):
+        if tag.startswith("W/"):
             tag = tag[2:]
         if tag in (etag, gz_etag):
             return True

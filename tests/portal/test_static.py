@@ -27,7 +27,7 @@ JSON = b'{"gauges": [' + b",".join(b'{"level": 2.31}' for _ in range(200)) + b"]
 
 def app_for(root: Path, how: str) -> Any:
     """Serve root as routes inside the app's middleware, or in front of the app."""
-    files = PublicFiles(root)
+    files = PublicFiles(root, recheck=0)  # these tests change files behind the server's back
     if how == "front":
         return PublicFront(ErrorMiddleware(Router([], default=not_found_app())), files)
     table = [("GET", "/public", files.handle), ("GET", "/public/{path:path}", files.handle)]
@@ -230,7 +230,7 @@ def test_a_deleted_file_is_gone(client: TestClient, site: Path) -> None:
 
 
 def test_served_from_memory_until_the_file_changes(site: Path) -> None:
-    files = PublicFiles(site)
+    files = PublicFiles(site, recheck=0)
     first = files.answer("water-levels.json", "GET", [])
     assert first is not None
     # same inode, size and mtime: the cached bytes are served (the publisher always renames)
@@ -259,3 +259,25 @@ def test_cache_policy_from_env() -> None:
         from_env({"CITYOS_PORTAL_STALE_IF_ERROR": "1d"})
     with pytest.raises(SettingsError, match="CITYOS_PORTAL_MAX_AGE"):
         from_env({"CITYOS_PORTAL_MAX_AGE": "-1"})
+
+
+def test_a_change_shows_within_the_recheck_time_or_at_once_after_forget(site: Path) -> None:
+    files = PublicFiles(site, recheck=0.2)
+    first = files.answer("water-levels.json", "GET", [])
+    assert first is not None
+    assert first[2] == JSON
+    atomic_write(site / "water-levels.json", b"[1]")
+    # inside the recheck time the remembered version is still served ...
+    cached = files.answer("water-levels.json", "GET", [])
+    assert cached is not None
+    assert cached[2] == JSON
+    time.sleep(0.25)
+    # ... and after it the new one
+    later = files.answer("water-levels.json", "GET", [])
+    assert later is not None
+    assert later[2] == b"[1]"
+    atomic_write(site / "water-levels.json", b"[2]")
+    files.forget()  # what the publisher calls after writing
+    now = files.answer("water-levels.json", "GET", [])
+    assert now is not None
+    assert now[2] == b"[2]"
