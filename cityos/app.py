@@ -14,6 +14,11 @@ from cityos import __version__
 from cityos.broker.api import batch, discovery, entities, query, subscriptions, temporal
 from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
+from cityos.catalog.api import catalog_routes
+from cityos.catalog.dcat_api import dcat_routes
+from cityos.catalog.files_api import files_routes
+from cityos.catalog.pages import pages_routes
+from cityos.catalog.service import Catalog
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
@@ -92,6 +97,7 @@ def create_app(settings: Settings) -> ASGIApp:
         )
 
     files = public_files(settings)
+    catalog = Catalog(broker)
     table = (
         entities.routes(broker)
         + query.routes(broker)
@@ -102,6 +108,10 @@ def create_app(settings: Settings) -> ASGIApp:
         + temporal.routes(broker)
         + iot_api.routes(broker)
         + portal_routes(broker, files=files)
+        + catalog_routes(broker, catalog)
+        + files_routes(catalog)
+        + dcat_routes(catalog)
+        + pages_routes(catalog)
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],
@@ -113,5 +123,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app = ErrorMiddleware(app)
     app = portal_front(app, files)  # /public/ first; its .files is the RSGI fast lane
     app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
+    app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the CLI
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

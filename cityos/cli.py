@@ -189,12 +189,15 @@ async def _demo_load(settings: Settings) -> int:
 
     from cityos.app import create_app
     from cityos.demo import runner
+    from cityos.demo.catalog import publish_live_datasets
 
     app: Any = create_app(settings)
     async with app.lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cityos.demo") as c:
-            return await runner.prepare(c)
+            n: int = await runner.prepare(c)
+        await publish_live_datasets(app.catalog)
+        return n
 
 
 async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -> None:
@@ -203,6 +206,7 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
 
     from cityos.app import create_app
     from cityos.demo import runner
+    from cityos.demo.catalog import publish_live_datasets
     from cityos.demo.scenario import SCENARIOS
     from cityos.storage.sqlite import SchemaError, check_schema
 
@@ -225,7 +229,16 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
     click.echo(f"cityos {__version__} demo: {base}/ngsi-ld/v1 (data: {settings.sqlite_path})")
     _demo_urls(base)  # open them while the scenario unfolds
     serving = asyncio.create_task(server.serve())
-    playing = asyncio.create_task(runner.run(base, SCENARIOS[name](), speed, mqtt=settings.mqtt))
+
+    async def play() -> runner.Summary:
+        while not server.started:  # the catalog's tables exist once the app has started
+            if serving.done():
+                raise runner.DemoError("the server did not start")
+            await asyncio.sleep(0.05)
+        await publish_live_datasets(app.catalog)  # type: ignore[attr-defined]
+        return await runner.run(base, SCENARIOS[name](), speed, mqtt=settings.mqtt)
+
+    playing = asyncio.create_task(play())
     await asyncio.wait({serving, playing}, return_when=asyncio.FIRST_COMPLETED)
     if not playing.done():  # Ctrl-C, or the server could not start
         playing.cancel()
@@ -353,6 +366,7 @@ def _demo_urls(base: str) -> None:
     gauge = "urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi"
     click.echo("open:")
     click.echo(f"  resident portal (住民向けページ): {base}/public/  (English: {base}/public/en/)")
+    click.echo(f"  open data catalog (オープンデータ): {base}/dataset")
     for what, url in (
         ("river gauges", f"{api}/entities?type=WaterObserved&options=keyValues&lang=ja"),
         ("flood alerts", f"{api}/entities?type=Alert&options=keyValues"),
@@ -362,9 +376,21 @@ def _demo_urls(base: str) -> None:
             f"{api}/temporal/entities/{gauge}?attrs=waterLevel&options=temporalValues",
         ),
         ("AEDs", f"{api}/entities?type=PointOfInterest&q=category==%22defibrillator%22"),
+        ("catalog API (CKAN)", f"{base}/api/3/action/package_search?q=%E9%81%BF%E9%9B%A3"),
+        ("DCAT", f"{base}/catalog.ttl"),
     ):
         click.echo(f"  {what}: {url}")
 
+
+def _register_catalog_commands() -> None:
+    from cityos.catalog.standard.cli import import_command
+    from cityos.catalog.tokens_cli import token_group
+
+    main.add_command(token_group)
+    main.add_command(import_command)
+
+
+_register_catalog_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -32,6 +32,7 @@ class Settings:
     mqtt_url: str | None = None  # mqtt://host:port of the broker devices publish to; None: no MQTT
     mqtt_group: str = "cityos"  # shared-subscription group, so several workers split the load
     device_check: float = 60.0  # seconds between checks for silent devices
+    live_interval: float = 5.0  # seconds between rebuilds of one live catalog dataset
     # the resident portal: a map tile URL template (None: the offline map only) and the
     # Cache-Control lifetimes of published pages (max-age, stale-while-revalidate,
     # stale-if-error) and of assets (max-age), in seconds
@@ -150,6 +151,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         mqtt_url=e.get("CITYOS_MQTT_URL") or None,
         mqtt_group=e.get("CITYOS_MQTT_GROUP") or "cityos",
         device_check=float(max(1, _int(e, "CITYOS_DEVICE_CHECK", 60))),
+        live_interval=float(max(1, _int(e, "CITYOS_LIVE_INTERVAL", 5))),
         portal_tile_url=e.get("CITYOS_PORTAL_TILE_URL") or None,
         portal_cache=(
             _seconds(e, "CITYOS_PORTAL_MAX_AGE", 10),

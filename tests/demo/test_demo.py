@@ -122,8 +122,12 @@ def test_demo_urls_answer(demo_run: tuple[Path, str]) -> None:
     lines = [line for line in out.splitlines() if line.startswith("  ") and "http" in line]
     portal = [line for line in lines if "/public/" in line]
     assert len(portal) == 1
-    urls = [line.split(": ", 1)[1] for line in lines if line not in portal]
-    assert len(urls) == 5
+    pages = [line.split(": ", 1)[1] for line in lines if line.endswith("/dataset")]
+    assert len(pages) == 1
+    dcat = [line.split(": ", 1)[1] for line in lines if line.endswith("/catalog.ttl")]
+    assert len(dcat) == 1
+    urls = [line.split(": ", 1)[1] for line in lines if "?" in line and line not in portal]
+    assert len(urls) == 6
     with make_client(data) as c:
         # the portal the demo points at is published from the replayed data
         page = c.get("/public/water-levels.html")
@@ -135,6 +139,11 @@ def test_demo_urls_answer(demo_run: tuple[Path, str]) -> None:
             r = c.get("/" + path.split("?")[0], params=httpx.QueryParams(path.split("?")[1]))
             assert r.status_code == 200, (url, r.text)
             assert r.json(), url
+        # the catalog holds the city's live datasets, found in Japanese, page and DCAT too
+        found = c.get("/api/3/action/package_search", params={"q": "避難"}).json()["result"]
+        assert "sano-shelters-status" in {d["name"] for d in found["results"]}
+        assert "河川水位" in c.get("/dataset").text
+        assert "sano-river-levels" in c.get("/catalog.ttl").text
 
 
 def test_demo_once_replays_the_typhoon_over_mqtt(tmp_path: Path) -> None:

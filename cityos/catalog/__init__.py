@@ -1,0 +1,1 @@
+"""The open data catalog: CKAN-compatible Action API, datastore, DCAT, standard datasets."""

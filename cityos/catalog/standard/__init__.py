@@ -1,0 +1,1 @@
+"""Japan's standard municipal open datasets (自治体標準オープンデータセット)."""

@@ -1,0 +1,678 @@
+"""SQLite tables of the open data catalog, in the broker's file.
+
+A dataset is stored as its CKAN dict (JSON) plus the columns searched, sorted and faceted on;
+tags, groups and resource formats live in join tables so facets are GROUP BY queries, and a
+full-text index (FTS5) holds pre-tokenized text (cityos/catalog/text.py: CJK bigrams, words),
+so package_search never loads every dataset into Python. API tokens are stored as sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from cityos.catalog.search import All, And, Clause, Equals, Match, Not, Query, Range
+from cityos.catalog.text import is_cjk, normalize
+from cityos.storage.sqlite import SqliteStorage
+
+DDL: Final = (
+    # organizations and groups share one table and one name space, as in CKAN
+    """CREATE TABLE IF NOT EXISTS catalog_groups(
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        is_org INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        created TEXT NOT NULL,
+        state TEXT NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS catalog_datasets(
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        title TEXT NOT NULL,
+        title_sort TEXT NOT NULL,
+        owner_org TEXT,
+        org_name TEXT,
+        private INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        license_id TEXT,
+        type TEXT NOT NULL,
+        metadata_created TEXT NOT NULL,
+        metadata_modified TEXT NOT NULL,
+        num_resources INTEGER NOT NULL,
+        num_tags INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS catalog_datasets_list ON catalog_datasets(state, private, name)",
+    # the default order (newest first) of the visible datasets, read in index order
+    "CREATE INDEX IF NOT EXISTS catalog_datasets_modified "
+    "ON catalog_datasets(state, private, metadata_modified)",
+    "CREATE INDEX IF NOT EXISTS catalog_datasets_org ON catalog_datasets(owner_org)",
+    """CREATE TABLE IF NOT EXISTS catalog_dataset_tags(
+        tag TEXT NOT NULL, ds INTEGER NOT NULL, PRIMARY KEY(tag, ds)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS catalog_dataset_tags_ds ON catalog_dataset_tags(ds)",
+    """CREATE TABLE IF NOT EXISTS catalog_dataset_groups(
+        grp TEXT NOT NULL, ds INTEGER NOT NULL, PRIMARY KEY(grp, ds)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS catalog_dataset_groups_ds ON catalog_dataset_groups(ds)",
+    """CREATE TABLE IF NOT EXISTS catalog_resources(
+        id TEXT PRIMARY KEY, ds INTEGER NOT NULL, format TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS catalog_resources_ds ON catalog_resources(ds)",
+    "CREATE INDEX IF NOT EXISTS catalog_resources_format ON catalog_resources(format, ds)",
+    # the text is already tokenized (space-separated); 'ascii' keeps non-ASCII tokens whole
+    """CREATE VIRTUAL TABLE IF NOT EXISTS catalog_fts USING fts5(
+        title, notes, body, tokenize='ascii'
+    )""",
+    """CREATE TABLE IF NOT EXISTS catalog_tokens(
+        hash TEXT PRIMARY KEY,
+        prefix TEXT NOT NULL,
+        user TEXT NOT NULL,
+        created TEXT NOT NULL,
+        last_used TEXT
+    )""",
+)
+TOKEN_PREFIX_LEN: Final = 14
+#: last_used is written at most once a minute per token
+_TOUCH_EVERY: Final = 60.0
+
+
+def now_iso() -> str:
+    """Return the UTC time as CKAN writes it: ISO, microseconds, no zone."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class DatasetRow:
+    """A dataset as stored: its CKAN dict and what is indexed about it."""
+
+    doc: dict[str, Any]
+    org_name: str | None
+    tags: list[str]
+    groups: list[str]
+    #: (resource id, format)
+    resources: list[tuple[str, str]]
+    #: tokenized title, notes and the rest of the searchable text
+    fts: tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class SearchResult:
+    count: int
+    docs: list[dict[str, Any]]
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    prefix: str
+    user: str
+    created: str
+    last_used: str | None
+
+
+_COLUMNS: Final = {
+    "id": "d.id",
+    "name": "d.name",
+    "state": "d.state",
+    "license_id": "d.license_id",
+    "type": "d.type",
+    "organization": "d.org_name",
+    "owner_org": "d.owner_org",
+    "author": "json_extract(d.doc, '$.author')",
+    "maintainer": "json_extract(d.doc, '$.maintainer')",
+    "version": "json_extract(d.doc, '$.version')",
+}
+_JOINS: Final = {
+    "tags": ("catalog_dataset_tags", "tag", ""),
+    "groups": ("catalog_dataset_groups", "grp", ""),
+    "res_format": ("catalog_resources", "format", " COLLATE NOCASE"),
+}
+_SORTS: Final = {
+    "name": "d.name",
+    "title": "d.title_sort",
+    "metadata_modified": "d.metadata_modified",
+    "metadata_created": "d.metadata_created",
+    "num_resources": "d.num_resources",
+    "num_tags": "d.num_tags",
+}
+_FACET_COLUMNS: Final = {
+    "organization": "d.org_name",
+    "license_id": "d.license_id",
+    "type": "d.type",
+    "state": "d.state",
+    "private": "CASE d.private WHEN 1 THEN 'true' ELSE 'false' END",
+}
+
+
+def _fts_phrase(m: Match) -> str:
+    phrase = '"' + " ".join(t.replace('"', '""') for t in m.tokens) + '"'
+    return f"{m.column} : {phrase}" if m.column else phrase
+
+
+def _is_fallback(m: Match) -> bool:
+    """A lone CJK character is inside bigram tokens, not one itself: scan instead."""
+    return len(m.tokens) == 1 and len(m.tokens[0]) == 1 and is_cjk(m.tokens[0])
+
+
+def _compile(clause: Clause, args: list[Any]) -> str:
+    """Return an SQL condition on the dataset row `d` for a parsed clause."""
+    if isinstance(clause, All):
+        return "1"
+    if isinstance(clause, Match):
+        if _is_fallback(clause):
+            col = clause.column or "title || ' ' || notes || ' ' || body"
+            args.append(clause.tokens[0])
+            return f"d.rowid IN (SELECT rowid FROM catalog_fts WHERE instr({col}, ?) > 0)"
+        args.append(_fts_phrase(clause))
+        return "d.rowid IN (SELECT rowid FROM catalog_fts WHERE catalog_fts MATCH ?)"
+    if isinstance(clause, Equals):
+        return _compile_equals(clause, args)
+    if isinstance(clause, Range):
+        col = f"d.{clause.field}"
+        parts = []
+        if clause.lo is not None:
+            parts.append(f"{col} >= ?")
+            args.append(clause.lo)
+        if clause.hi is not None:
+            parts.append(f"{col} <= ?")
+            args.append(clause.hi)
+        return " AND ".join(parts) or "1"
+    if isinstance(clause, Not):
+        return f"NOT ({_compile(clause.clause, args)})"
+    if isinstance(clause, And):
+        return "(" + " AND ".join(_compile(c, args) for c in clause.clauses) + ")"
+    return "(" + " OR ".join(_compile(c, args) for c in clause.clauses) + ")"
+
+
+def _compile_equals(clause: Equals, args: list[Any]) -> str:
+    if clause.field == "private":
+        if clause.value == "*":
+            return "1"
+        return "d.private = 1" if clause.value == "true" else "d.private = 0"
+    prefix = clause.value.endswith("*") and len(clause.value) > 1
+    if prefix:  # name:sano-* matches names starting with sano-
+        args.append(clause.value[:-1])
+    elif clause.value != "*":
+        args.append(clause.value)
+    if clause.field in _JOINS:
+        table, col, collate = _JOINS[clause.field]
+        if clause.value == "*":
+            return f"d.rowid IN (SELECT ds FROM {table})"
+        if prefix:
+            test = f"substr({col}, 1, {len(clause.value) - 1}) = ?{collate}"
+        else:
+            test = f"{col} = ?{collate}"
+        return f"d.rowid IN (SELECT ds FROM {table} WHERE {test})"
+    col = _COLUMNS[clause.field]
+    if clause.value == "*":
+        return f"coalesce({col}, '') != ''"
+    if prefix:
+        return f"substr({col}, 1, {len(clause.value) - 1}) = ?"
+    return f"{col} = ?"
+
+
+def _conjuncts(clause: Clause) -> list[Clause]:
+    if isinstance(clause, And):
+        return [c for part in clause.clauses for c in _conjuncts(part)]
+    return [clause]
+
+
+def _split_rank(clause: Clause) -> tuple[str | None, Clause]:
+    """Split the required text terms off a clause: their FTS expression ranks (score).
+
+    Return the expression (None without such terms) and the clause left to filter by.
+    """
+    parts = _conjuncts(clause)
+    ranked = [c for c in parts if isinstance(c, Match) and not _is_fallback(c)]
+    if not ranked:
+        return None, clause
+    rest = [c for c in parts if not (isinstance(c, Match) and not _is_fallback(c))]
+    expr = " AND ".join(_fts_phrase(c) for c in ranked)
+    return expr, (And(tuple(rest)) if rest else All())
+
+
+class CatalogStore:
+    """Datasets, resources, organizations, groups, tags and API tokens in the broker's file."""
+
+    def __init__(self, store: SqliteStorage) -> None:
+        self._store = store
+        self._touched: dict[str, float] = {}
+
+    async def setup(self) -> None:
+        """Create the tables if needed."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            for stmt in DDL:
+                conn.execute(stmt)
+
+        await self._store.write(run)
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def create_token(self, user: str) -> str:
+        """Make a new token for user; return it (only its sha256 is stored)."""
+        token = "cityos_" + secrets.token_urlsafe(32)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO catalog_tokens(hash, prefix, user, created) VALUES (?, ?, ?, ?)",
+                (_hash(token), token[:TOKEN_PREFIX_LEN], user, now_iso()),
+            )
+
+        await self._store.write(run)
+        return token
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Return every token's prefix, user and times, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[TokenInfo]:
+            rows = conn.execute(
+                "SELECT prefix, user, created, last_used FROM catalog_tokens ORDER BY created"
+            ).fetchall()
+            return [TokenInfo(*r) for r in rows]
+
+        result: list[TokenInfo] = await self._store.read(run)
+        return result
+
+    async def revoke_tokens(self, prefix: str) -> list[TokenInfo]:
+        """Delete the tokens whose prefix starts with `prefix` if exactly one does; return them."""
+
+        def run(conn: sqlite3.Connection) -> list[TokenInfo]:
+            rows = conn.execute(
+                "SELECT prefix, user, created, last_used FROM catalog_tokens "
+                "WHERE substr(prefix, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+            if len(rows) == 1:
+                conn.execute(
+                    "DELETE FROM catalog_tokens WHERE substr(prefix, 1, ?) = ?",
+                    (len(prefix), prefix),
+                )
+            return [TokenInfo(*r) for r in rows]
+
+        if not prefix:
+            return []
+        result: list[TokenInfo] = await self._store.write(run)
+        return result
+
+    async def user_for_token(self, token: str) -> str | None:
+        """Return the user of an API token, or None."""
+        digest = _hash(token)
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT user FROM catalog_tokens WHERE hash = ?", (digest,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        user: str | None = await self._store.read(run)
+        if user is not None:
+            await self._touch(digest)
+        return user
+
+    async def _touch(self, digest: str) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self._touched.get(digest, -_TOUCH_EVERY) < _TOUCH_EVERY:
+            return
+        self._touched[digest] = now
+        stamp = now_iso()
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE catalog_tokens SET last_used = ? WHERE hash = ?", (stamp, digest))
+
+        await self._store.write(run)
+
+    # -- organizations and groups ---------------------------------------------------------------
+
+    async def save_group(self, doc: dict[str, Any], *, is_org: bool) -> bool:
+        """Insert or replace a group/organization by id; False if its name is taken."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            taken = conn.execute(
+                "SELECT 1 FROM catalog_groups WHERE name = ? AND id != ?", (doc["name"], doc["id"])
+            ).fetchone()
+            if taken:
+                return False
+            conn.execute(
+                "INSERT INTO catalog_groups(id, name, is_org, title, created, state, doc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name=excluded.name, "
+                "title=excluded.title, state=excluded.state, doc=excluded.doc",
+                (
+                    doc["id"],
+                    doc["name"],
+                    int(is_org),
+                    doc.get("title") or "",
+                    doc["created"],
+                    doc.get("state", "active"),
+                    orjson.dumps(doc).decode(),
+                ),
+            )
+            return True
+
+        ok: bool = await self._store.write(run)
+        return ok
+
+    async def get_group(self, id_or_name: str, *, is_org: bool) -> dict[str, Any] | None:
+        """Return a group/organization's dict with its package_count, or None."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT doc FROM catalog_groups WHERE (id = ? OR name = ?) AND is_org = ?",
+                (id_or_name, id_or_name, int(is_org)),
+            ).fetchone()
+            if row is None:
+                return None
+            doc: dict[str, Any] = orjson.loads(row[0])
+            doc["package_count"] = _package_count(conn, doc, is_org)
+            return doc
+
+        result: dict[str, Any] | None = await self._store.read(run)
+        return result
+
+    async def list_groups(
+        self, *, is_org: bool, sort: str, desc: bool, limit: int, offset: int, names: list[str]
+    ) -> list[dict[str, Any]]:
+        """Return active groups/organizations with package_count, sorted and paged."""
+        order = {"name": "name", "title": "title COLLATE NOCASE", "package_count": "n"}[sort]
+        direction = "DESC" if desc else "ASC"
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            filt = ""
+            args: list[Any] = [int(is_org)]
+            if names:
+                filt = f" AND name IN ({','.join('?' * len(names))})"
+                args.extend(names)
+            ds_col = (
+                "d.owner_org = g.id"
+                if is_org
+                else ("d.rowid IN (SELECT ds FROM catalog_dataset_groups WHERE grp = g.name)")
+            )
+            rows = conn.execute(
+                f"SELECT g.doc, (SELECT count(*) FROM catalog_datasets d WHERE {ds_col} "
+                "AND d.state = 'active' AND d.private = 0) AS n "
+                f"FROM catalog_groups g WHERE is_org = ? AND state = 'active'{filt} "
+                f"ORDER BY {order} {direction}, name LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+            out = []
+            for doc_text, n in rows:
+                doc = orjson.loads(doc_text)
+                doc["package_count"] = n
+                out.append(doc)
+            return out
+
+        result: list[dict[str, Any]] = await self._store.read(run)
+        return result
+
+    # -- datasets -------------------------------------------------------------------------------
+
+    async def get_dataset(self, id_or_name: str) -> dict[str, Any] | None:
+        """Return a dataset's stored dict by id or name, or None."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT doc FROM catalog_datasets WHERE id = ? OR name = ?",
+                (id_or_name, id_or_name),
+            ).fetchone()
+            return None if row is None else dict(orjson.loads(row[0]))
+
+        result: dict[str, Any] | None = await self._store.read(run)
+        return result
+
+    async def dataset_of_resource(self, resource_id: str) -> dict[str, Any] | None:
+        """Return the dict of the dataset holding a resource, or None."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT d.doc FROM catalog_resources r JOIN catalog_datasets d "
+                "ON d.rowid = r.ds WHERE r.id = ?",
+                (resource_id,),
+            ).fetchone()
+            return None if row is None else dict(orjson.loads(row[0]))
+
+        result: dict[str, Any] | None = await self._store.read(run)
+        return result
+
+    async def save_dataset(
+        self, row: DatasetRow, *, expect_modified: str | None = None
+    ) -> str | None:
+        """Insert or replace a dataset by id with its index rows, atomically.
+
+        Return None on success; "stale" when expect_modified is given and the stored
+        dataset's metadata_modified differs (someone else wrote it meanwhile); or the field
+        in conflict: "name" (another dataset has it), "resources" (a resource id is taken).
+        """
+        doc = row.doc
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            if conn.execute(
+                "SELECT 1 FROM catalog_datasets WHERE name = ? AND id != ?",
+                (doc["name"], doc["id"]),
+            ).fetchone():
+                return "name"
+            found = conn.execute(
+                "SELECT rowid, metadata_modified FROM catalog_datasets WHERE id = ?", (doc["id"],)
+            ).fetchone()
+            if expect_modified is not None and (found is None or found[1] != expect_modified):
+                return "stale"
+            values = (
+                doc["name"],
+                doc.get("title") or "",
+                normalize(doc.get("title") or doc["name"]),
+                doc.get("owner_org"),
+                row.org_name,
+                int(bool(doc.get("private"))),
+                doc.get("state", "active"),
+                doc.get("license_id"),
+                doc.get("type", "dataset"),
+                doc["metadata_created"],
+                doc["metadata_modified"],
+                len(row.resources),
+                len(row.tags),
+                orjson.dumps(doc).decode(),
+            )
+            if found is None:
+                cur = conn.execute(
+                    "INSERT INTO catalog_datasets(name, title, title_sort, owner_org, org_name, "
+                    "private, state, license_id, type, metadata_created, metadata_modified, "
+                    "num_resources, num_tags, doc, id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, doc["id"]),
+                )
+                rid = cur.lastrowid
+            else:
+                rid = found[0]
+                conn.execute(
+                    "UPDATE catalog_datasets SET name=?, title=?, title_sort=?, owner_org=?, "
+                    "org_name=?, private=?, state=?, license_id=?, type=?, metadata_created=?, "
+                    "metadata_modified=?, num_resources=?, num_tags=?, doc=? WHERE rowid=?",
+                    (*values, rid),
+                )
+                for table in (
+                    "catalog_dataset_tags",
+                    "catalog_dataset_groups",
+                    "catalog_resources",
+                ):
+                    conn.execute(f"DELETE FROM {table} WHERE ds = ?", (rid,))
+                conn.execute("DELETE FROM catalog_fts WHERE rowid = ?", (rid,))
+            for res_id, _ in row.resources:
+                if conn.execute(
+                    "SELECT 1 FROM catalog_resources WHERE id = ?", (res_id,)
+                ).fetchone():
+                    raise _Conflict("resources")
+            conn.executemany(
+                "INSERT INTO catalog_dataset_tags(tag, ds) VALUES (?, ?)",
+                [(t, rid) for t in dict.fromkeys(row.tags)],
+            )
+            conn.executemany(
+                "INSERT INTO catalog_dataset_groups(grp, ds) VALUES (?, ?)",
+                [(g, rid) for g in dict.fromkeys(row.groups)],
+            )
+            conn.executemany(
+                "INSERT INTO catalog_resources(id, ds, format) VALUES (?, ?, ?)",
+                [(i, rid, f) for i, f in row.resources],
+            )
+            conn.execute(
+                "INSERT INTO catalog_fts(rowid, title, notes, body) VALUES (?, ?, ?, ?)",
+                (rid, *row.fts),
+            )
+            return None
+
+        try:
+            result: str | None = await self._store.write(run)
+        except _Conflict as exc:  # raised inside the job: the savepoint was rolled back
+            return exc.field
+        return result
+
+    async def list_names(self, limit: int | None, offset: int) -> list[str]:
+        """Return the names of public active datasets, sorted."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM catalog_datasets WHERE state = 'active' AND private = 0 "
+                "ORDER BY name LIMIT ? OFFSET ?",
+                (-1 if limit is None else limit, offset),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        result: list[str] = await self._store.read(run)
+        return result
+
+    async def tag_names(self, query: str | None) -> list[str]:
+        """Return the tags of active public datasets (containing `query`), sorted."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            args: list[Any] = []
+            filt = ""
+            if query:
+                filt = " AND instr(lower(t.tag), lower(?)) > 0"
+                args.append(query)
+            rows = conn.execute(
+                "SELECT DISTINCT t.tag FROM catalog_dataset_tags t JOIN catalog_datasets d "
+                f"ON d.rowid = t.ds WHERE d.state = 'active' AND d.private = 0{filt} "
+                "ORDER BY t.tag",
+                args,
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        result: list[str] = await self._store.read(run)
+        return result
+
+    async def search(self, query: Query) -> SearchResult:
+        """Run a parsed package_search: count, one page of dicts, facets."""
+
+        def run(conn: sqlite3.Connection) -> SearchResult:
+            states = ["active"]
+            if query.include_drafts:
+                states.append("draft")
+            if query.include_deleted:
+                states.append("deleted")
+            vis = [f"d.state IN ({','.join('?' * len(states))})"]
+            if not query.include_private:
+                vis.append("d.private = 0")
+            # count and facets filter by the full clause (FTS as IN subqueries, no ranking)
+            args = list(states)
+            where = " AND ".join([*vis, _compile(query.where, args)])
+            matched = f"SELECT d.rowid FROM catalog_datasets d WHERE {where}"
+            count = conn.execute(f"SELECT count(*) FROM catalog_datasets d WHERE {where}", args)
+            total = int(count.fetchone()[0])
+            docs: list[dict[str, Any]] = []
+            if query.rows > 0 and query.start < total:
+                docs = _page(conn, query, vis, states)
+            facets = {name: _facet(conn, name, matched, args, query) for name in query.facet_fields}
+            return SearchResult(total, docs, facets)
+
+        result: SearchResult = await self._store.read(run)
+        return result
+
+
+def _page(
+    conn: sqlite3.Connection, query: Query, vis: list[str], states: list[str]
+) -> list[dict[str, Any]]:
+    """Return one page of dataset dicts in the query's order (score: FTS5's bm25 rank)."""
+    rank, rest = _split_rank(query.where)
+    args: list[Any] = list(states)
+    where = " AND ".join([*vis, _compile(rest, args)])
+    source = "catalog_datasets d"
+    with_ = ""
+    if rank is not None:
+        # materialized once: joined per row, the FTS query would run once per row
+        with_ = (
+            "WITH f AS MATERIALIZED (SELECT rowid AS r, rank FROM catalog_fts "
+            "WHERE catalog_fts MATCH ?) "
+        )
+        source += " JOIN f ON f.r = d.rowid"
+        args.insert(0, rank)
+    order = []
+    for key in query.sort:
+        if key.field == "score":
+            if rank is not None:  # bm25: lower is better
+                order.append("f.rank" if key.desc else "f.rank DESC")
+            continue
+        order.append(f"{_SORTS[key.field]} {'DESC' if key.desc else 'ASC'}")
+    order.append("d.name")
+    rows = conn.execute(
+        f"{with_}SELECT d.doc FROM {source} WHERE {where} ORDER BY {', '.join(order)} "
+        "LIMIT ? OFFSET ?",
+        [*args, query.rows, query.start],
+    ).fetchall()
+    return [orjson.loads(r[0]) for r in rows]
+
+
+class _Conflict(Exception):
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _package_count(conn: sqlite3.Connection, doc: dict[str, Any], is_org: bool) -> int:
+    if is_org:
+        row = conn.execute(
+            "SELECT count(*) FROM catalog_datasets WHERE owner_org = ? AND state = 'active' "
+            "AND private = 0",
+            (doc["id"],),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT count(*) FROM catalog_dataset_groups g JOIN catalog_datasets d "
+            "ON d.rowid = g.ds WHERE g.grp = ? AND d.state = 'active' AND d.private = 0",
+            (doc["name"],),
+        ).fetchone()
+    return int(row[0])
+
+
+def _facet(
+    conn: sqlite3.Connection, name: str, matched: str, args: list[Any], query: Query
+) -> list[tuple[str, int]]:
+    limit = -1 if query.facet_limit < 0 else query.facet_limit
+    if name in _JOINS:
+        table, col, _ = _JOINS[name]
+        sql = (
+            f"SELECT {col}, count(DISTINCT ds) AS n FROM {table} WHERE ds IN ({matched}) "
+            f"AND {col} != '' GROUP BY {col}"
+        )
+    else:
+        col = _FACET_COLUMNS[name]
+        sql = (
+            f"SELECT {col} AS v, count(*) AS n FROM catalog_datasets d WHERE d.rowid IN "
+            f"({matched}) AND coalesce(v, '') != '' GROUP BY v"
+        )
+    rows = conn.execute(
+        f"SELECT * FROM ({sql}) WHERE n >= ? ORDER BY n DESC, 1 LIMIT ?",
+        [*args, max(query.facet_mincount, 0), limit],
+    ).fetchall()
+    return [(str(v), int(n)) for v, n in rows]
