@@ -46,8 +46,11 @@ DDL: Final = (
         metadata_created TEXT NOT NULL,
         metadata_modified TEXT NOT NULL,
         num_resources INTEGER NOT NULL,
-        num_tags INTEGER NOT NULL,
-        doc TEXT NOT NULL
+        num_tags INTEGER NOT NULL
+    )""",
+    # the CKAN dict apart from the columns: searches and facets scan narrow rows
+    """CREATE TABLE IF NOT EXISTS catalog_dataset_docs(
+        ds INTEGER PRIMARY KEY, doc TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS catalog_datasets_list ON catalog_datasets(state, private, name)",
     # the default order (newest first) of the visible datasets, read in index order
@@ -425,7 +428,8 @@ class CatalogStore:
 
         def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
-                "SELECT doc FROM catalog_datasets WHERE id = ? OR name = ?",
+                "SELECT x.doc FROM catalog_datasets d JOIN catalog_dataset_docs x "
+                "ON x.ds = d.rowid WHERE d.id = ? OR d.name = ?",
                 (id_or_name, id_or_name),
             ).fetchone()
             return None if row is None else dict(orjson.loads(row[0]))
@@ -438,8 +442,8 @@ class CatalogStore:
 
         def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
-                "SELECT d.doc FROM catalog_resources r JOIN catalog_datasets d "
-                "ON d.rowid = r.ds WHERE r.id = ?",
+                "SELECT x.doc FROM catalog_resources r JOIN catalog_dataset_docs x "
+                "ON x.ds = r.ds WHERE r.id = ?",
                 (resource_id,),
             ).fetchone()
             return None if row is None else dict(orjson.loads(row[0]))
@@ -483,14 +487,13 @@ class CatalogStore:
                 doc["metadata_modified"],
                 len(row.resources),
                 len(row.tags),
-                orjson.dumps(doc).decode(),
             )
             if found is None:
                 cur = conn.execute(
                     "INSERT INTO catalog_datasets(name, title, title_sort, owner_org, org_name, "
                     "private, state, license_id, type, metadata_created, metadata_modified, "
-                    "num_resources, num_tags, doc, id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "num_resources, num_tags, id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*values, doc["id"]),
                 )
                 rid = cur.lastrowid
@@ -499,7 +502,7 @@ class CatalogStore:
                 conn.execute(
                     "UPDATE catalog_datasets SET name=?, title=?, title_sort=?, owner_org=?, "
                     "org_name=?, private=?, state=?, license_id=?, type=?, metadata_created=?, "
-                    "metadata_modified=?, num_resources=?, num_tags=?, doc=? WHERE rowid=?",
+                    "metadata_modified=?, num_resources=?, num_tags=? WHERE rowid=?",
                     (*values, rid),
                 )
                 for table in (
@@ -509,6 +512,10 @@ class CatalogStore:
                 ):
                     conn.execute(f"DELETE FROM {table} WHERE ds = ?", (rid,))
                 conn.execute("DELETE FROM catalog_fts WHERE rowid = ?", (rid,))
+            conn.execute(
+                "INSERT OR REPLACE INTO catalog_dataset_docs(ds, doc) VALUES (?, ?)",
+                (rid, orjson.dumps(doc).decode()),
+            )
             for res_id, _ in row.resources:
                 if conn.execute(
                     "SELECT 1 FROM catalog_resources WHERE id = ?", (res_id,)
@@ -607,7 +614,7 @@ def _page(
     rank, rest = _split_rank(query.where)
     args: list[Any] = list(states)
     where = " AND ".join([*vis, _compile(rest, args)])
-    source = "catalog_datasets d"
+    source = "catalog_datasets d JOIN catalog_dataset_docs x ON x.ds = d.rowid"
     with_ = ""
     if rank is not None:
         # materialized once: joined per row, the FTS query would run once per row
@@ -626,7 +633,7 @@ def _page(
         order.append(f"{_SORTS[key.field]} {'DESC' if key.desc else 'ASC'}")
     order.append("d.name")
     rows = conn.execute(
-        f"{with_}SELECT d.doc FROM {source} WHERE {where} ORDER BY {', '.join(order)} "
+        f"{with_}SELECT x.doc FROM {source} WHERE {where} ORDER BY {', '.join(order)} "
         "LIMIT ? OFFSET ?",
         [*args, query.rows, query.start],
     ).fetchall()
