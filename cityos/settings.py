@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_CATALOG_TITLE = "オープンデータカタログ"
 
 
 class SettingsError(ValueError):
@@ -33,6 +34,7 @@ class Settings:
     mqtt_group: str = "cityos"  # shared-subscription group, so several workers split the load
     device_check: float = 60.0  # seconds between checks for silent devices
     live_interval: float = 5.0  # seconds between rebuilds of one live catalog dataset
+    catalog_title: str = DEFAULT_CATALOG_TITLE  # shown on catalog pages, DCAT, status_show
     # the resident portal: a map tile URL template (None: the offline map only) and the
     # Cache-Control lifetimes of published pages (max-age, stale-while-revalidate,
     # stale-if-error) and of assets (max-age), in seconds
@@ -152,6 +154,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         mqtt_group=e.get("CITYOS_MQTT_GROUP") or "cityos",
         device_check=float(max(1, _int(e, "CITYOS_DEVICE_CHECK", 60))),
         live_interval=float(max(1, _int(e, "CITYOS_LIVE_INTERVAL", 5))),
+        catalog_title=e.get("CITYOS_CATALOG_TITLE") or DEFAULT_CATALOG_TITLE,
         portal_tile_url=e.get("CITYOS_PORTAL_TILE_URL") or None,
         portal_cache=(
             _seconds(e, "CITYOS_PORTAL_MAX_AGE", 10),

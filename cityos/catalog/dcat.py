@@ -18,6 +18,8 @@ from typing import Any, Final, TypeGuard
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import DCAT, DCTERMS, FOAF, OWL, RDF, XSD
 
+from cityos.settings import DEFAULT_CATALOG_TITLE
+
 __all__ = [
     "FORMATS",
     "HYDRA",
@@ -285,8 +287,8 @@ def catalog_graph(
     base: str,
     *,
     paging: CatalogPage,
-    title: str = "佐野市オープンデータカタログ",
-    description: str = "佐野市が公開するオープンデータの一覧 (Sano City open data catalog)",
+    title: str = DEFAULT_CATALOG_TITLE,
+    description: str = "公開されているオープンデータの一覧 (open data catalog)",
 ) -> Graph:
     """Return a page of the catalog: the dcat:Catalog, its datasets and Hydra paging."""
     g = _graph()

@@ -101,7 +101,12 @@ async def catalog_document(catalog: Catalog, request: Request, fmt: dcat.RdfForm
         raise DcatRequestError(
             404, f"page {page} does not exist: this listing has {paging.last} page(s)"
         )
-    return dcat.serialize(dcat.catalog_graph(found["results"], base, paging=paging), fmt)
+    return dcat.serialize(
+        dcat.catalog_graph(
+            found["results"], base, paging=paging, title=catalog.settings.catalog_title
+        ),
+        fmt,
+    )
 
 
 async def dataset_document(catalog: Catalog, ident: str, fmt: dcat.RdfFormat) -> Response:

@@ -9,6 +9,7 @@ load nothing from elsewhere: the map of a dataset's points is server-side SVG.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -26,6 +27,7 @@ from cityos.catalog.registry import Context
 from cityos.catalog.service import Catalog
 from cityos.http.routing import Handler
 from cityos.portal.svg import MapPoint, map_svg
+from cityos.settings import DEFAULT_CATALOG_TITLE
 
 __all__ = ["FACETS", "ROWS", "map_columns", "pages_routes"]
 
@@ -208,8 +210,13 @@ def _env() -> jinja2.Environment:
 _ENV: Final = _env()
 
 
+#: the catalog's title (CITYOS_CATALOG_TITLE) for the page being rendered
+_SITE_TITLE: ContextVar[str] = ContextVar("site_title", default=DEFAULT_CATALOG_TITLE)
+
+
 def _html(template: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return HTMLResponse(_ENV.get_template(template).render(**values), status)
+    page = _ENV.get_template(template).render(site_title=_SITE_TITLE.get(), **values)
+    return HTMLResponse(page, status)
 
 
 def _error(status: int, title: str, message: str) -> HTMLResponse:
@@ -491,15 +498,19 @@ def pages_routes(catalog: Catalog) -> list[tuple[str, str, Handler]]:
         )
 
     async def search(request: Request) -> Response:
+        _SITE_TITLE.set(catalog.settings.catalog_title)
         return await search_page(catalog, request)
 
     async def dataset(request: Request) -> Response:
+        _SITE_TITLE.set(catalog.settings.catalog_title)
         return await dataset_page(catalog, request)
 
     async def organizations(request: Request) -> Response:
+        _SITE_TITLE.set(catalog.settings.catalog_title)
         return await organizations_page(catalog, request)
 
     async def organization(request: Request) -> Response:
+        _SITE_TITLE.set(catalog.settings.catalog_title)
         return await organization_page(catalog, request)
 
     return [

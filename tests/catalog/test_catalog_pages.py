@@ -336,3 +336,13 @@ def test_pages_fit_a_small_phone_in_a_real_browser(site: TestClient) -> None:
             browser.close()
     assert requested
     assert all(url.startswith(origin) for url in requested), requested
+
+
+def test_the_catalog_title_setting_names_pages_dcat_and_status(tmp_path: Path) -> None:
+    title = "佐野市オープンデータカタログ"
+    with make_client(tmp_path, catalog_title=title) as c:
+        page = c.get("/dataset").text
+        assert page.count(title) >= 2  # the <title> and the site header
+        status = c.get("/api/3/action/status_show").json()["result"]
+        assert status["site_title"] == title
+        assert title in c.get("/catalog.ttl").text

@@ -24,7 +24,7 @@ async def status_show(ctx: Context, params: Params) -> dict[str, Any]:
         "ckan_version": CKAN_VERSION,
         "cityos_version": __version__,
         "site_url": ctx.catalog.base_url,
-        "site_title": "cityos open data",
+        "site_title": ctx.catalog.settings.catalog_title,
         "site_description": "",
         "locale_default": "ja",
         "error_emails_to": None,
