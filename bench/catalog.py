@@ -31,7 +31,15 @@ import httpx
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from run import free_port, git_revision, log_tail, machine, start_server, stop_server  # noqa: E402
+from run import (  # noqa: E402
+    free_port,
+    git_revision,
+    log_tail,
+    machine,
+    start_server,
+    stop_server,
+    write_section,
+)
 
 ROOT = BENCH.parent
 RESULTS = BENCH / "RESULTS.md"
@@ -307,7 +315,7 @@ def main() -> int:
     report = render(args, load_s, count, search, mine, ref)
     print(report)
     if args.write_results:
-        write(report)
+        write_section(report, BEGIN, END)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
@@ -358,16 +366,6 @@ def render(
         END,
     ]
     return "\n".join(lines)
-
-
-def write(report: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + report + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + report + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,17 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from run import NGSI, RESULTS, check, free_port, git_revision, log_tail, start_server, stop_server
+from run import (
+    NGSI,
+    RESULTS,
+    check,
+    free_port,
+    git_revision,
+    log_tail,
+    start_server,
+    stop_server,
+    write_section,
+)
 
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 DEVICES = 1000
@@ -504,16 +514,9 @@ def mosquitto_version() -> str:
 
 
 def write_results(text: str) -> None:
-    """Replace (or append) this benchmark's section at the end of bench/RESULTS.md."""
+    """Replace (or append) this benchmark's section of bench/RESULTS.md."""
     begin, end = f"<!-- {SECTION}: begin -->", f"<!-- {SECTION}: end -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    old = RESULTS.read_text()
-    head, found, rest = old.partition(begin)
-    if found and end in rest:
-        new = head + block + rest.partition(end)[2]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
+    write_section(f"{begin}\n{text.strip()}\n{end}", begin, end)
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ import httpx
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from run import free_port, git_revision, log_tail, machine  # noqa: E402
+from run import free_port, git_revision, log_tail, machine, write_section  # noqa: E402
 
 ROOT = BENCH.parent
 CITYOS = str(Path(sys.executable).parent / "cityos")
@@ -236,7 +236,7 @@ def main() -> int:
     report = render(args, results, lags, page_sizes)
     print(report)
     if args.write_results:
-        write(report)
+        write_section(report, BEGIN, END)
     return 0
 
 
@@ -285,16 +285,6 @@ def render(
         END,
     ]
     return "\n".join(lines)
-
-
-def write(report: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + report + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + report + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -348,6 +348,18 @@ def old_notes() -> str:
     return notes.strip() if found else ""
 
 
+def write_section(report: str, begin: str, end: str) -> None:
+    """Replace the marked section of bench/RESULTS.md with report (which carries the markers),
+    or append it when the file has no such section yet."""
+    text = RESULTS.read_text(encoding="utf-8")
+    if begin in text and end in text:
+        start, stop = text.index(begin), text.index(end) + len(end)
+        text = text[:start] + report + text[stop:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + report + "\n"
+    RESULTS.write_text(text, encoding="utf-8")
+
+
 def write_results(report: str) -> None:
     """Write bench/RESULTS.md: the report, then the Notes section (kept from the last file)."""
     notes = old_notes() or (

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -82,3 +87,53 @@ def wait_for(check: Callable[[], Any], what: str = "the condition", timeout: flo
             return value
         time.sleep(0.02)
     pytest.fail(f"timed out waiting for {what}")
+
+
+CITYOS = str(Path(sys.executable).parent / "cityos")
+
+
+@contextlib.contextmanager
+def running_server(data: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `cityos serve` on data until the block ends; yield its base URL.
+
+    Leaving the block sends SIGTERM and checks a clean exit (status 0, no traceback).
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [CITYOS, "serve", "--port", str(port), "--data-dir", str(data)],
+        env={**os.environ, "CITYOS_AUTH": "off", **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"cityos serve exited: {proc.communicate()[1].decode()}")
+        try:
+            return httpx.get(f"{base}/-/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, "cityos serve to answer", timeout=30)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err, err.decode()
+
+
+def make_token(data: Path, user: str = "admin") -> str:
+    """Create a catalog API token with `cityos token create`; return it."""
+    made = subprocess.run(
+        [CITYOS, "token", "create", "--user", user, "--data-dir", str(data)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return made.stdout.strip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from ckanapi import NotAuthorized, NotFound, RemoteCKAN, SearchQueryError, ValidationError
-from conftest import free_port
+from conftest import make_token, running_server
 
 pytestmark = pytest.mark.server
 BIN = Path(sys.executable).parent
@@ -20,44 +19,11 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "CITYOS_AUTH": "off", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"cityos serve exited: {proc.communicate()[1].decode()}")
-        try:
-            if httpx.get(f"{base}/-/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("cityos serve did not become healthy in 30 s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("ckanapi")
-    made = subprocess.run(
-        [BIN / "cityos", "token", "create", "--user", "admin", "--data-dir", str(data)],
-        env=ENV,
-        capture_output=True,
-        check=True,
-    )
-    token = made.stdout.decode().strip()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [BIN / "cityos", "serve", "--port", str(port), "--data-dir", str(data)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_healthy(base, proc)
+    token = make_token(data)
+    with running_server(data, ENV) as base:
         with RemoteCKAN(base, apikey=token) as ck:
             ck.action.organization_create(name="sano", title="佐野市")
             for name, title, tags in (
@@ -73,10 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                     tags=[{"name": t} for t in tags],
                 )
         yield base, token
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert b"Traceback" not in err, err.decode()
 
 
 def ckanapi(*args: str) -> str:

@@ -591,38 +591,12 @@ def test_http_writes_with_an_api_token(client: TestClient) -> None:
 
 @pytest.mark.server
 def test_ckanapi_against_cityos_serve(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     import ckanapi
-    import httpx
-    from conftest import free_port, wait_for
+    from conftest import make_token, running_server
 
-    cityos = str(Path(sys.executable).parent / "cityos")
     data = tmp_path / "data"
-    token = subprocess.run(
-        [cityos, "token", "create", "--user", "admin", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [cityos, "serve", "--port", str(port), "--data-dir", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/-/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, "cityos serve", timeout=30)
+    token = make_token(data)
+    with running_server(data) as base:
         ckan = ckanapi.RemoteCKAN(base, apikey=token)
         pkg = ckan.action.package_create(name="shelters")
         created = ckan.action.datastore_create(
@@ -644,7 +618,3 @@ def test_ckanapi_against_cityos_serve(tmp_path: Path) -> None:
         with pytest.raises(ckanapi.NotAuthorized):
             anonymous.action.datastore_delete(resource_id=rid)
         assert anonymous.action.datastore_info(id=rid)["meta"]["count"] == 4
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert b"Traceback" not in err, err.decode()

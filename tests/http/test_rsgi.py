@@ -3,52 +3,28 @@ bridge to the ASGI app, checked through a real server process."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from conftest import free_port, wait_for
+from conftest import running_server, wait_for
 
 pytestmark = pytest.mark.server
-CITYOS = str(Path(sys.executable).parent / "cityos")
 ENTITIES = "/ngsi-ld/v1/entities"
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     data = tmp_path_factory.mktemp("rsgi") / "data"
-    proc = subprocess.Popen(
-        [CITYOS, "serve", "--port", str(port), "--data-dir", str(data)],
-        env={**os.environ, "CITYOS_AUTH": "off", "CITYOS_MAX_BODY": "200000"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    with running_server(data, {"CITYOS_MAX_BODY": "200000"}) as url:
 
-    def published() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(proc.communicate()[1].decode())
-        try:
+        def published() -> bool:
             return httpx.get(f"{url}/public/water-levels.json", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
-    try:
         wait_for(published, "the first publish", timeout=30)
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err.decode()
-        assert b"Traceback" not in err, err.decode()
 
 
 def test_snapshots_get_gzip_validators_304_and_head(base: str) -> None:
