@@ -16,6 +16,7 @@ from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
 from cityos.catalog.api import catalog_routes
 from cityos.catalog.dcat_api import dcat_routes
+from cityos.catalog.dump_api import dump_routes
 from cityos.catalog.files_api import files_routes
 from cityos.catalog.pages import pages_routes
 from cityos.catalog.service import Catalog
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> ASGIApp:
         + portal_routes(broker, files=files)
         + catalog_routes(broker, catalog)
         + files_routes(catalog)
+        + dump_routes(catalog)
         + dcat_routes(catalog)
         + pages_routes(catalog)
     )

@@ -618,3 +618,37 @@ def test_ckanapi_against_cityos_serve(tmp_path: Path) -> None:
         with pytest.raises(ckanapi.NotAuthorized):
             anonymous.action.datastore_delete(resource_id=rid)
         assert anonymous.action.datastore_info(id=rid)["meta"]["count"] == 4
+
+
+def test_a_table_downloads_whole_as_csv_and_tables_made_from_a_dict_point_there(
+    client: TestClient,
+) -> None:
+    pkg = call(client, "package_create", {"name": "rivers"})
+    records = [{"river": "秋山川", "level": i / 100} for i in range(25_000)]  # several pages
+    out = call(
+        client,
+        "datastore_create",
+        {"resource": {"package_id": pkg["id"], "name": "levels"}, "records": records},
+    )
+    rid = out["resource_id"]
+    url = call(client, "resource_show", {"id": rid})["url"]
+    assert url.endswith(f"/datastore/dump/{rid}")
+    r = client.get(f"/datastore/dump/{rid}")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    text = r.content.decode("utf-8")
+    assert text.startswith("\ufeff_id,river,level\r\n")
+    lines = text.splitlines()
+    assert len(lines) == 1 + 25_000
+    assert lines[1] == "1,秋山川,0.0"
+    assert lines[-1] == "25000,秋山川,249.99"
+    tsv = client.get(f"/datastore/dump/{rid}", params={"format": "tsv", "bom": "false"})
+    assert tsv.content.decode().startswith("_id\triver\tlevel\r\n")
+    assert client.get(f"/datastore/dump/{rid}", params={"format": "xls"}).status_code == 400
+    assert client.get("/datastore/dump/nope").status_code == 404
+
+
+def test_a_private_table_dump_needs_a_token(client: TestClient) -> None:
+    rid = dataset(client, "secret", private=True)
+    call(client, "datastore_create", {"resource_id": rid, "records": [{"a": 1}]})
+    assert client.get(f"/datastore/dump/{rid}").status_code == 403

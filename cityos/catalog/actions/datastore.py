@@ -16,6 +16,7 @@ import orjson
 
 from cityos.catalog import datastore as ds
 from cityos.catalog import registry, sqlcheck
+from cityos.catalog.dump_api import dump_url
 from cityos.catalog.errors import CkanError, NotFound, ValidationError
 from cityos.catalog.registry import Context, Params, action
 from cityos.storage.sqlite_datastore import CreateSpec
@@ -75,6 +76,9 @@ async def datastore_create(ctx: Context, params: Params) -> dict[str, Any]:
             raise ValidationError({"resource": ["must be an object with a package_id"]})
         created = await registry.call(ctx, "resource_create", dict(resource))
         rid = str(created["id"])
+        if not created.get("url"):  # no file of its own: downloads come from the table
+            url = dump_url(ctx.base_url or ctx.catalog.base_url, rid)
+            await registry.call(ctx, "resource_patch", {"id": rid, "url": url})
     else:
         rid = _resource_id(params)
         await registry.call(ctx, "resource_show", {"id": rid})
