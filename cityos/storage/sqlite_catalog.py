@@ -3,7 +3,9 @@
 A dataset is stored as its CKAN dict (JSON) plus the columns searched, sorted and faceted on;
 tags, groups and resource formats live in join tables so facets are GROUP BY queries, and a
 full-text index (FTS5) holds pre-tokenized text (cityos/catalog/text.py: CJK bigrams, words),
-so package_search never loads every dataset into Python. API tokens are stored as sha256.
+so package_search never loads every dataset into Python. Its results are cached until the
+next change to datasets or groups (a generation counter kept by triggers, so writes of
+other processes count too). API tokens are stored as sha256.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -68,12 +71,25 @@ DDL: Final = (
     """CREATE TABLE IF NOT EXISTS catalog_resources(
         id TEXT PRIMARY KEY, ds INTEGER NOT NULL, format TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS catalog_resources_ds ON catalog_resources(ds)",
+    # covering: the res_format facet reads formats by dataset without touching the rows
+    "DROP INDEX IF EXISTS catalog_resources_ds",
+    "CREATE INDEX IF NOT EXISTS catalog_resources_ds_format ON catalog_resources(ds, format)",
     "CREATE INDEX IF NOT EXISTS catalog_resources_format ON catalog_resources(format, ds)",
     # the text is already tokenized (space-separated); 'ascii' keeps non-ASCII tokens whole
     """CREATE VIRTUAL TABLE IF NOT EXISTS catalog_fts USING fts5(
         title, notes, body, tokenize='ascii'
     )""",
+    # bumped by every change to datasets or groups (from any process): search results
+    # cached under one generation are exactly what a search would find while it lasts
+    "CREATE TABLE IF NOT EXISTS catalog_generation(n INTEGER NOT NULL)",
+    "INSERT INTO catalog_generation(n) "
+    "SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM catalog_generation)",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_gen AFTER {op} ON {table} "
+        "BEGIN UPDATE catalog_generation SET n = n + 1; END"
+        for table in ("catalog_datasets", "catalog_groups")
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ),
     """CREATE TABLE IF NOT EXISTS catalog_tokens(
         hash TEXT PRIMARY KEY,
         prefix TEXT NOT NULL,
@@ -252,6 +268,7 @@ class CatalogStore:
     def __init__(self, store: SqliteStorage) -> None:
         self._store = store
         self._touched: dict[str, float] = {}
+        self._results = _ResultCache()
 
     async def setup(self) -> None:
         """Create the tables if needed."""
@@ -421,6 +438,22 @@ class CatalogStore:
         result: list[dict[str, Any]] = await self._store.read(run)
         return result
 
+    async def group_titles(self, names: list[str], *, is_org: bool) -> dict[str, str]:
+        """Return the titles (the name when empty) of active groups/organizations by name."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                f"SELECT name, title FROM catalog_groups WHERE is_org = ? AND state = 'active' "
+                f"AND name IN ({','.join('?' * len(names))})",
+                [int(is_org), *names],
+            ).fetchall()
+            return {name: title or name for name, title in rows}
+
+        if not names:
+            return {}
+        result: dict[str, str] = await self._store.read(run)
+        return result
+
     # -- datasets -------------------------------------------------------------------------------
 
     async def get_dataset(self, id_or_name: str) -> dict[str, Any] | None:
@@ -582,7 +615,13 @@ class CatalogStore:
     async def search(self, query: Query) -> SearchResult:
         """Run a parsed package_search: count, one page of dicts, facets."""
 
+        key = repr(query)
+
         def run(conn: sqlite3.Connection) -> SearchResult:
+            generation = int(conn.execute("SELECT n FROM catalog_generation").fetchone()[0])
+            hit = self._results.get(generation, key)
+            if hit is not None:
+                return hit
             states = ["active"]
             if query.include_drafts:
                 states.append("draft")
@@ -591,30 +630,80 @@ class CatalogStore:
             vis = [f"d.state IN ({','.join('?' * len(states))})"]
             if not query.include_private:
                 vis.append("d.private = 0")
-            # count and facets filter by the full clause (FTS as IN subqueries, no ranking)
-            args = list(states)
-            where = " AND ".join([*vis, _compile(query.where, args)])
-            matched = f"SELECT d.rowid FROM catalog_datasets d WHERE {where}"
-            count = conn.execute(f"SELECT count(*) FROM catalog_datasets d WHERE {where}", args)
-            total = int(count.fetchone()[0])
-            docs: list[dict[str, Any]] = []
+            total, facets = _count_and_facets(conn, query, states)
+            docs: list[str] = []
             if query.rows > 0 and query.start < total:
                 docs = _page(conn, query, vis, states)
-            facets = {name: _facet(conn, name, matched, args, query) for name in query.facet_fields}
-            return SearchResult(total, docs, facets)
+            self._results.put(generation, key, total, docs, facets)
+            return SearchResult(total, [orjson.loads(d) for d in docs], facets)
 
         result: SearchResult = await self._store.read(run)
         return result
 
 
-def _page(
-    conn: sqlite3.Connection, query: Query, vis: list[str], states: list[str]
-) -> list[dict[str, Any]]:
-    """Return one page of dataset dicts in the query's order (score: FTS5's bm25 rank)."""
+def _count_and_facets(
+    conn: sqlite3.Connection, query: Query, states: list[str]
+) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    """Return the number of matches and the facets, in one statement over the matched set.
+
+    The filter runs once (a materialized CTE carrying the row's own facet columns); each
+    facet groups that set, joining the tag, group and resource tables through their `ds`
+    indexes, instead of re-running the filter per facet.
+    """
+    args: list[Any] = list(states)
+    # `+d.state`: the state index would walk every visible dataset; let the filter lead
+    vis = [f"+d.state IN ({','.join('?' * len(states))})"]
+    if not query.include_private:
+        vis.append("d.private = 0")
+    where = " AND ".join([*vis, _compile(query.where, args)])
+    cols = {name: f"{_FACET_COLUMNS[name]} AS c{i}" for i, name in enumerate(_FACET_COLUMNS)}
+    wanted = [n for n in query.facet_fields if n in cols]
+    select = ", ".join(["d.rowid AS r", *(cols[n] for n in wanted)])
+    # with every dataset matched, scanning the join table beats probing it per row
+    join = "JOIN" if isinstance(query.where, All) else "CROSS JOIN"
+    parts = ["SELECT -1, NULL, count(*) FROM m"]
+    for i, name in enumerate(query.facet_fields):
+        if name in _JOINS:
+            table, col, _ = _JOINS[name]
+            # (tag, ds) and (grp, ds) are keys; a dataset may hold two resources of one format
+            n = "count(DISTINCT t.ds)" if table == "catalog_resources" else "count(*)"
+            parts.append(
+                f"SELECT {i}, t.{col}, {n} FROM m {join} {table} t "
+                f"ON t.ds = m.r WHERE t.{col} != '' GROUP BY t.{col}"
+            )
+        else:
+            c = cols[name].rsplit(" ", 1)[-1]
+            parts.append(
+                f"SELECT {i}, {c}, count(*) FROM m WHERE coalesce({c}, '') != '' GROUP BY {c}"
+            )
+    rows = conn.execute(
+        f"WITH m AS MATERIALIZED (SELECT {select} FROM catalog_datasets d WHERE {where}) "
+        + " UNION ALL ".join(parts),
+        args,
+    ).fetchall()
+    total = 0
+    found: list[list[tuple[str, int]]] = [[] for _ in query.facet_fields]
+    mincount = max(query.facet_mincount, 0)
+    for i, value, n in rows:
+        if i < 0:
+            total = int(n)
+        elif n >= mincount:
+            found[i].append((str(value), int(n)))
+    facets = {}
+    for name, items in zip(query.facet_fields, found, strict=True):
+        items.sort(key=lambda item: (-item[1], item[0]))
+        facets[name] = items if query.facet_limit < 0 else items[: query.facet_limit]
+    return total, facets
+
+
+def _page(conn: sqlite3.Connection, query: Query, vis: list[str], states: list[str]) -> list[str]:
+    """Return one page of dataset dicts (JSON) in the query's order (score: FTS5's bm25)."""
     rank, rest = _split_rank(query.where)
+    if not any(key.field == "score" for key in query.sort):
+        rank, rest = None, query.where  # bm25 of every match only when the order needs it
     args: list[Any] = list(states)
     where = " AND ".join([*vis, _compile(rest, args)])
-    source = "catalog_datasets d JOIN catalog_dataset_docs x ON x.ds = d.rowid"
+    source = "catalog_datasets d"
     with_ = ""
     if rank is not None:
         # materialized once: joined per row, the FTS query would run once per row
@@ -632,12 +721,68 @@ def _page(
             continue
         order.append(f"{_SORTS[key.field]} {'DESC' if key.desc else 'ASC'}")
     order.append("d.name")
-    rows = conn.execute(
-        f"{with_}SELECT x.doc FROM {source} WHERE {where} ORDER BY {', '.join(order)} "
-        "LIMIT ? OFFSET ?",
-        [*args, query.rows, query.start],
-    ).fetchall()
-    return [orjson.loads(r[0]) for r in rows]
+    # sort the narrow rows, then read the page's documents: sorting thousands of matches
+    # with their JSON attached cost as much as ranking them
+    ids = [
+        r[0]
+        for r in conn.execute(
+            f"{with_}SELECT d.rowid FROM {source} WHERE {where} ORDER BY {', '.join(order)} "
+            "LIMIT ? OFFSET ?",
+            [*args, query.rows, query.start],
+        )
+    ]
+    if not ids:
+        return []
+    docs = dict(
+        conn.execute(
+            f"SELECT ds, doc FROM catalog_dataset_docs WHERE ds IN ({','.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+    )
+    return [str(docs[i]) for i in ids]
+
+
+class _ResultCache:
+    """Recent search results of the current catalog generation (shared by the readers).
+
+    Documents are kept as JSON text and parsed per hit, so no caller can change a cached
+    result; a new generation (any dataset or group written) empties the cache.
+    """
+
+    MAX = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._items: dict[str, tuple[int, list[str], dict[str, list[tuple[str, int]]]]] = {}
+
+    def get(self, generation: int, key: str) -> SearchResult | None:
+        with self._lock:
+            if generation != self._generation:
+                return None
+            item = self._items.get(key)
+        if item is None:
+            return None
+        total, docs, facets = item
+        return SearchResult(
+            total, [orjson.loads(d) for d in docs], {k: list(v) for k, v in facets.items()}
+        )
+
+    def put(
+        self,
+        generation: int,
+        key: str,
+        total: int,
+        docs: list[str],
+        facets: dict[str, list[tuple[str, int]]],
+    ) -> None:
+        with self._lock:
+            if generation < self._generation:
+                return  # a reader on an older snapshot: its result is already stale
+            if generation > self._generation or len(self._items) >= self.MAX:
+                self._items.clear()
+                self._generation = generation
+            self._items[key] = (total, docs, {k: list(v) for k, v in facets.items()})
 
 
 class _Conflict(Exception):
@@ -660,26 +805,3 @@ def _package_count(conn: sqlite3.Connection, doc: dict[str, Any], is_org: bool) 
             (doc["name"],),
         ).fetchone()
     return int(row[0])
-
-
-def _facet(
-    conn: sqlite3.Connection, name: str, matched: str, args: list[Any], query: Query
-) -> list[tuple[str, int]]:
-    limit = -1 if query.facet_limit < 0 else query.facet_limit
-    if name in _JOINS:
-        table, col, _ = _JOINS[name]
-        sql = (
-            f"SELECT {col}, count(DISTINCT ds) AS n FROM {table} WHERE ds IN ({matched}) "
-            f"AND {col} != '' GROUP BY {col}"
-        )
-    else:
-        col = _FACET_COLUMNS[name]
-        sql = (
-            f"SELECT {col} AS v, count(*) AS n FROM catalog_datasets d WHERE d.rowid IN "
-            f"({matched}) AND coalesce(v, '') != '' GROUP BY v"
-        )
-    rows = conn.execute(
-        f"SELECT * FROM ({sql}) WHERE n >= ? ORDER BY n DESC, 1 LIMIT ?",
-        [*args, max(query.facet_mincount, 0), limit],
-    ).fetchall()
-    return [(str(v), int(n)) for v, n in rows]

@@ -325,9 +325,10 @@ def test_search_at_ten_thousand_datasets_stays_fast(tmp_path: Path) -> None:
         params = {"q": "避難", "facet.field": '["tags","organization"]', "rows": "10"}
         c.get("/api/3/action/package_search", params=params)
         times = []
-        for _ in range(20):
+        for i in range(20):
             t0 = time.perf_counter()
-            r = c.get("/api/3/action/package_search", params=params)
+            # each call a new page: measured without the result cache's help
+            r = c.get("/api/3/action/package_search", params={**params, "start": str(10 * i)})
             times.append(time.perf_counter() - t0)
             assert r.json()["result"]["count"] == 1250
         times.sort()
@@ -351,3 +352,99 @@ def test_any_query_gets_results_or_a_search_query_error(
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"]["__type"] == "Search Query Error"
+
+
+# -- results stay exact while searches are cached --------------------------------------------
+
+
+def _search(c: TestClient, **params: Any) -> dict[str, Any]:
+    r = c.get("/api/3/action/package_search", params=params)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()["result"]
+    return result
+
+
+def test_a_repeated_search_sees_every_write_at_once(tmp_path: Path) -> None:
+    facets = '["tags", "organization", "res_format"]'
+    with make_client(tmp_path) as c:
+        token: str = c.portal.call(c.app.catalog.meta.create_token, "admin")  # type: ignore[attr-defined]
+        h = {"Authorization": token}
+        c.post(
+            "/api/3/action/organization_create", json={"name": "sano", "title": "佐野市"}, headers=h
+        )
+        r = c.post(
+            "/api/3/action/package_create",
+            json={"name": "shelters", "title": "避難所一覧", "owner_org": "sano",
+                  "tags": [{"name": "防災"}]},
+            headers=h,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        first = _search(c, q="避難", **{"facet.field": facets})
+        assert first["count"] == 1
+        assert first["facets"] == {
+            "tags": {"防災": 1},
+            "organization": {"sano": 1},
+            "res_format": {},
+        }
+        assert _search(c, q="避難", **{"facet.field": facets}) == first  # answered again alike
+
+        c.post(
+            "/api/3/action/package_patch",
+            json={"id": "shelters", "tags": [{"name": "避難"}],
+                  "resources": [{"url": "https://example.jp/s.csv", "format": "CSV"}]},
+            headers=h,
+        )  # fmt: skip
+        second = _search(c, q="避難", **{"facet.field": facets})
+        assert second["facets"]["tags"] == {"避難": 1}
+        assert second["facets"]["res_format"] == {"CSV": 1}
+        assert second["results"][0]["num_resources"] == 1
+
+        c.post(
+            "/api/3/action/organization_create", json={"name": "kita", "title": "北部"}, headers=h
+        )
+        c.post(
+            "/api/3/action/package_patch", json={"id": "shelters", "owner_org": "kita"}, headers=h
+        )
+        moved = _search(c, q="避難", **{"facet.field": facets})
+        assert moved["search_facets"]["organization"]["items"] == [
+            {"count": 1, "display_name": "北部", "name": "kita"}
+        ]
+
+        c.post("/api/3/action/package_delete", json={"id": "shelters"}, headers=h)
+        assert _search(c, q="避難", **{"facet.field": facets})["count"] == 0
+
+
+def test_a_search_sees_writes_made_by_another_process(tmp_path: Path) -> None:
+    """Two apps on one data directory stand for two `cityos serve` workers."""
+    with make_client(tmp_path) as a:
+        assert _search(a, q="公園")["count"] == 0
+        with make_client(tmp_path) as b:
+            token: str = b.portal.call(b.app.catalog.meta.create_token, "admin")  # type: ignore[attr-defined]
+            r = b.post(
+                "/api/3/action/package_create",
+                json={"name": "parks", "title": "都市公園一覧"},
+                headers={"Authorization": token},
+            )
+            assert r.status_code == 200, r.text
+        found = _search(a, q="公園")
+        assert found["count"] == 1
+        assert found["results"][0]["name"] == "parks"
+
+
+def test_results_cannot_be_changed_through_a_returned_dict(tmp_path: Path) -> None:
+    from cityos.catalog import registry
+    from cityos.catalog.registry import Context
+
+    with make_client(tmp_path) as c:
+        ctx = Context(catalog=c.app.catalog, system=True)  # type: ignore[attr-defined]
+
+        async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+            await registry.call(ctx, "package_create", {"name": "river", "title": "河川水位"})
+            first = await registry.call(ctx, "package_search", {"q": "水位"})
+            first["results"][0]["title"] = "changed by a caller"
+            first["facets"]["tags"] = {"x": 1}
+            return first, await registry.call(ctx, "package_search", {"q": "水位"})
+
+        _, again = c.portal.call(run)
+        assert again["results"][0]["title"] == "河川水位"
+        assert again["facets"] == {}

@@ -449,10 +449,8 @@ async def _facet_titles(
         values = [v for v, _ in facets.get(name, [])]
         if not values:
             continue
-        for g in await ctx.catalog.meta.list_groups(
-            is_org=is_org, sort="name", desc=False, limit=len(values), offset=0, names=values
-        ):
-            out[(name, g["name"])] = g.get("title") or g["name"]
+        titles = await ctx.catalog.meta.group_titles(values, is_org=is_org)
+        out.update(((name, v), title) for v, title in titles.items())
     for v, _ in facets.get("license_id", []):
         lic = licenses.BY_ID.get(v)
         if lic is not None:
