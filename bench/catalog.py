@@ -78,11 +78,18 @@ class Result:
     errors: int
 
 
-def wrk(base: str, paths: list[str], connections: int, duration: int) -> Result:
-    """Run wrk with random paths from the list; return what bench/wrk/common.lua reported."""
+def wrk(
+    base: str, paths: list[str], connections: int, duration: int, *, vary: bool = False
+) -> Result:
+    """Run wrk with random paths from the list; return what bench/wrk/common.lua reported.
+
+    vary: every request gets its own rows/start (bench/wrk/paths.lua), defeating caches.
+    """
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency"]
     cmd += ["-s", str(BENCH / "wrk" / "paths.lua"), base]
     env = {**os.environ, "BENCH_PATHS": "\n".join(paths)}
+    if vary:
+        env["BENCH_VARY_ROWS"] = "1"
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if out.returncode != 0 or line is None:
@@ -175,10 +182,8 @@ def search_paths(n: int = 300) -> list[str]:
             q = {"fq": f"tags:{rng.choice(TAGS)}"}
         elif roll < 0.82:
             q = {"q": rng.choice(WORDS), "fq": f"organization:org-{rng.randrange(20):02d}"}
-        elif roll < 0.92:
-            q = {"q": "*:*", "facet.field": facets, "rows": "20"}
         else:
-            q = {"q": rng.choice(WORDS), "start": str(10 * rng.randint(1, 10))}
+            q = {"q": "*:*", "facet.field": facets}
         out.append(f"{ACTION}package_search?{urllib.parse.urlencode(q)}")
     return out
 
@@ -287,6 +292,8 @@ def main() -> int:
             raise SystemExit(f"q=避難 found {count} datasets, expected {expected}")
         print("wrk package_search (300 calls of a portal's mix) ...", file=sys.stderr)
         search = wrk(base, search_paths(), args.connections, args.duration)
+        print("wrk package_search, every call its own rows/start ...", file=sys.stderr)
+        misses = wrk(base, search_paths(), args.connections, args.duration, vary=True)
         print(f"loading {args.rows:,} rows ...", file=sys.stderr)
         rid = load_rows(base, token, args.rows)
         ds_port = free_port()
@@ -312,7 +319,7 @@ def main() -> int:
         problem = stop_server(server)
         if problem:
             print(problem, file=sys.stderr)
-    report = render(args, load_s, count, search, mine, ref)
+    report = render(args, load_s, count, search, misses, mine, ref)
     print(report)
     if args.write_results:
         write_section(report, BEGIN, END)
@@ -331,7 +338,13 @@ def check_same(base: str, ours: str, ds_base: str, theirs: str) -> None:
 
 
 def render(
-    args: argparse.Namespace, load_s: float, count: int, search: Result, mine: Result, ref: Result
+    args: argparse.Namespace,
+    load_s: float,
+    count: int,
+    search: Result,
+    misses: Result,
+    mine: Result,
+    ref: Result,
 ) -> str:
     rel = mine.rps / ref.rps if ref.rps else 0
     lines = [
@@ -352,6 +365,7 @@ def render(
     ]
     for title, r in (
         (f"package_search, a mix of 300 portal calls, {args.datasets:,} datasets", search),
+        ("package_search, the same mix, every call its own rows/start (cache misses)", misses),
         (f"datastore_search, filter category=<one of 10>, {args.rows:,} rows: cityos", mine),
         ("the same filter on the same table: Datasette 0.65 (`--setting suggest_facets off`)", ref),
     ):
@@ -361,7 +375,9 @@ def render(
     lines += [
         "",
         f"Targets: package_search p95 ≤ 50 ms: **{'met' if search.p95 <= 50 else 'not met'}** "
-        f"({search.p95:.1f} ms); datastore_search throughput ≥ Datasette's: "
+        f"({search.p95:.1f} ms; {misses.p95:.1f} ms when calls miss the result cache: "
+        f"**{'met' if misses.p95 <= 50 else 'not met'}**); datastore_search throughput ≥ "
+        "Datasette's: "
         f"**{'met' if rel >= 1 else 'not met'}** ({rel:.0%} of Datasette).",
         END,
     ]
