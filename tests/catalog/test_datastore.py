@@ -652,3 +652,19 @@ def test_a_private_table_dump_needs_a_token(client: TestClient) -> None:
     rid = dataset(client, "secret", private=True)
     call(client, "datastore_create", {"resource_id": rid, "records": [{"a": 1}]})
     assert client.get(f"/datastore/dump/{rid}").status_code == 403
+
+
+def test_deleting_a_resource_or_its_dataset_drops_the_table(client: TestClient) -> None:
+    store = client.app.catalog.datastore  # type: ignore[attr-defined]
+    assert client.portal is not None
+    rids = {}
+    for name in ("resource-gone", "dataset-gone", "kept"):
+        rids[name] = dataset(client, name)
+        call(client, "datastore_create", {"resource_id": rids[name], "records": [{"a": 1}]})
+        assert client.portal.call(store.table, rids[name]) is not None
+    call(client, "resource_delete", {"id": rids["resource-gone"]})
+    call(client, "package_delete", {"id": "dataset-gone"})
+    assert client.portal.call(store.table, rids["resource-gone"]) is None
+    assert client.portal.call(store.table, rids["dataset-gone"]) is None
+    assert client.portal.call(store.table, rids["kept"]) is not None
+    assert search(client, resource_id=rids["kept"])["total"] == 1

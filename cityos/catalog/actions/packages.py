@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from cityos.catalog import licenses, search, text, validate
+from cityos.catalog import licenses, registry, search, text, validate
 from cityos.catalog.errors import IntegrityError, NotAuthorized, NotFound, ValidationError
 from cityos.catalog.files_api import download_path, remove_files, store_upload
 from cityos.catalog.registry import Context, Params, action
@@ -394,7 +395,17 @@ async def package_delete(ctx: Context, params: Params) -> None:
         return {**old, "state": "deleted", "metadata_modified": now_iso()}
 
     doc = await _commit(ctx, params.get("id") or params.get("name"), change)
-    await remove_files(ctx.catalog, [r["id"] for r in doc.get("resources", [])])
+    gone = [r["id"] for r in doc.get("resources", [])]
+    await remove_files(ctx.catalog, gone)
+    await _drop_tables(ctx, gone)
+
+
+async def _drop_tables(ctx: Context, resource_ids: list[str]) -> None:
+    """Drop the datastore tables of removed resources (CKAN's datastore does the same)."""
+    system = Context(catalog=ctx.catalog, system=True, base_url=ctx.base_url)
+    for rid in resource_ids:
+        with contextlib.suppress(NotFound):  # no table: nothing to drop
+            await registry.call(system, "datastore_delete", {"resource_id": rid})
 
 
 @action("package_search")
@@ -597,6 +608,7 @@ async def resource_patch(ctx: Context, params: Params) -> dict[str, Any]:
 
 @action("resource_delete", write=True)
 async def resource_delete(ctx: Context, params: Params) -> None:
-    """Remove a resource from its dataset (and its uploaded file)."""
+    """Remove a resource from its dataset (and its uploaded file and datastore table)."""
     pkg, res = await _resource_of(ctx, params)
     await _change_resources(ctx, pkg["id"], _replace(res["id"], None))
+    await _drop_tables(ctx, [res["id"]])
