@@ -5,7 +5,8 @@ tags, groups and resource formats live in join tables so facets are GROUP BY que
 full-text index (FTS5) holds pre-tokenized text (cityos/catalog/text.py: CJK bigrams, words),
 so package_search never loads every dataset into Python. Its results are cached until the
 next change to datasets or groups (a generation counter kept by triggers, so writes of
-other processes count too). API tokens are stored as sha256.
+other processes count too); on a miss, the count and facets come from bitsets in memory
+(sqlite_catalog_facets.py) of the same generation. API tokens are stored as sha256.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import orjson
 from cityos.catalog.search import All, And, Clause, Equals, Match, Not, Query, Range
 from cityos.catalog.text import is_cjk, normalize
 from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite_catalog_facets import (
+    FACET_MEMORY,
+    FacetIndex,
+    FacetIndexHolder,
+    bits_of,
+)
 
 DDL: Final = (
     # organizations and groups share one table and one name space, as in CKAN
@@ -265,10 +272,16 @@ def _split_rank(clause: Clause) -> tuple[str | None, Clause]:
 class CatalogStore:
     """Datasets, resources, organizations, groups, tags and API tokens in the broker's file."""
 
-    def __init__(self, store: SqliteStorage) -> None:
+    def __init__(self, store: SqliteStorage, *, facet_memory: int = FACET_MEMORY) -> None:
         self._store = store
         self._touched: dict[str, float] = {}
         self._results = _ResultCache()
+        self._facets = FacetIndexHolder(facet_memory)
+
+    @property
+    def facet_index(self) -> FacetIndex | None:
+        """Return the facet index last built (None before the first)."""
+        return self._facets.current
 
     async def setup(self) -> None:
         """Create the tables if needed."""
@@ -612,14 +625,18 @@ class CatalogStore:
         result: list[str] = await self._store.read(run)
         return result
 
-    async def search(self, query: Query) -> SearchResult:
-        """Run a parsed package_search: count, one page of dicts, facets."""
+    async def search(self, query: Query, *, indexed: bool = True) -> SearchResult:
+        """Run a parsed package_search: count, one page of dicts, facets.
+
+        indexed=False counts with SQL alone and skips the result cache: the reference
+        the facet index is tested against.
+        """
 
         key = repr(query)
 
         def run(conn: sqlite3.Connection) -> SearchResult:
             generation = int(conn.execute("SELECT n FROM catalog_generation").fetchone()[0])
-            hit = self._results.get(generation, key)
+            hit = self._results.get(generation, key) if indexed else None
             if hit is not None:
                 return hit
             states = ["active"]
@@ -630,11 +647,16 @@ class CatalogStore:
             vis = [f"d.state IN ({','.join('?' * len(states))})"]
             if not query.include_private:
                 vis.append("d.private = 0")
-            total, facets = _count_and_facets(conn, query, states)
+            index = self._facets.get(conn, generation) if indexed else None
+            if index is None:
+                total, facets = _count_and_facets(conn, query, states)
+            else:
+                total, facets = _indexed_count_and_facets(conn, query, states, index)
             docs: list[str] = []
             if query.rows > 0 and query.start < total:
                 docs = _page(conn, query, vis, states)
-            self._results.put(generation, key, total, docs, facets)
+            if indexed:
+                self._results.put(generation, key, total, docs, facets)
             return SearchResult(total, [orjson.loads(d) for d in docs], facets)
 
         result: SearchResult = await self._store.read(run)
@@ -694,6 +716,34 @@ def _count_and_facets(
         items.sort(key=lambda item: (-item[1], item[0]))
         facets[name] = items if query.facet_limit < 0 else items[: query.facet_limit]
     return total, facets
+
+
+def _indexed_count_and_facets(
+    conn: sqlite3.Connection, query: Query, states: list[str], index: FacetIndex
+) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    """Return what _count_and_facets does, with the facet index of conn's generation.
+
+    SQL only finds the rowids of what the bitsets cannot match (words, ranges...);
+    visibility, exact field values, the count and the facets are bitset operations.
+    """
+
+    def sql(clause: Clause) -> int:
+        rank, rest = _split_rank(clause)
+        args: list[Any] = []
+        if rank is not None and isinstance(rest, All):  # words only: no dataset row needed
+            stmt = "SELECT rowid FROM catalog_fts WHERE catalog_fts MATCH ?"
+            args.append(rank)
+        else:
+            stmt = f"SELECT d.rowid FROM catalog_datasets d WHERE {_compile(clause, args)}"
+        # a word's matches are the same for every search of this generation
+        return index.filter_bits(
+            stmt + "\0" + repr(args),
+            lambda: bits_of([r for (r,) in conn.execute(stmt, args)]),
+        )
+
+    matched = index.visible(states, query.include_private) & index.matches(query.where, sql)
+    facets = index.facets(matched, query.facet_fields, query.facet_limit, query.facet_mincount)
+    return matched.bit_count(), facets
 
 
 def _page(conn: sqlite3.Connection, query: Query, vis: list[str], states: list[str]) -> list[str]:
