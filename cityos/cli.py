@@ -382,15 +382,19 @@ def _demo_urls(base: str) -> None:
         click.echo(f"  {what}: {url}")
 
 
-def _register_catalog_commands() -> None:
+def _register_commands() -> None:
+    from cityos.auth.audit_cli import audit_group
+    from cityos.auth.keys_cli import keys_group
     from cityos.catalog.standard.cli import import_command
     from cityos.catalog.tokens_cli import token_group
 
     main.add_command(token_group)
     main.add_command(import_command)
+    main.add_command(keys_group)
+    main.add_command(audit_group)
 
 
-_register_catalog_commands()
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""Access control: credentials, policy, rate limits, the audit log."""

@@ -1,0 +1,164 @@
+"""`cityos keys`: create, list and revoke API keys for apps and devices."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from cityos.auth import keys
+from cityos.auth.keys import Credential, KeyInputError
+from cityos.auth.policy import ROLES
+from cityos.storage.sqlite_auth import AuthStore
+
+T = TypeVar("T")
+
+_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
+)
+
+
+def _run(data_dir: Path | None, job: Callable[[AuthStore], Awaitable[T]]) -> T:
+    """Open the database (created if needed), run job on the key store, close."""
+    from cityos.cli import _settings
+    from cityos.storage.sqlite import SchemaError, SqliteStorage, check_schema
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        check_schema(settings.sqlite_path)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> T:
+        store = SqliteStorage(settings.sqlite_path)
+        await store.start()
+        try:
+            auth = AuthStore(store)
+            await auth.setup()
+            return await job(auth)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _when(t: float | None, never: str = "never") -> str:
+    if t is None:
+        return never
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tenants(c: Credential) -> str:
+    return ",".join("(default)" if t == "" else t for t in c.tenants)
+
+
+def _line(c: Credential, now: float) -> str:
+    if c.revoked is not None:
+        state = f"revoked {_when(c.revoked)}"
+    elif not c.active(now):
+        state = "expired"
+    else:
+        state = "active"
+    return (
+        f"{c.prefix}  {c.name}  roles={','.join(c.roles)}  tenants={_tenants(c)}  "
+        f"scopes={','.join(c.scopes)}  created={_when(c.created)}  "
+        f"expires={_when(c.expires)}  last_used={_when(c.last_used)}  {state}"
+    )
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke API keys for apps and devices."""
+
+
+@keys_group.command("create")
+@click.option("--name", required=True, help="What the key is for (an app, a device, a person)")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(sorted(ROLES)),
+    help="A role of the key (repeat for several)",
+)
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    required=True,
+    help="A tenant the key belongs to (repeat; '' is the default tenant, '*' every tenant)",
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="area:action the key may use, e.g. entities:read (repeat; default '*': its roles' all)",
+)
+@click.option("--expires", default=None, help="When it expires: 90d, 12h, 4w, 2027-01-01")
+@_DATA_DIR
+def create(
+    name: str,
+    roles: tuple[str, ...],
+    tenants: tuple[str, ...],
+    scopes: tuple[str, ...],
+    expires: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Make a key and print it (once: only its hash is kept)."""
+    now = time.time()
+    try:
+        # everything is checked before the database is opened
+        keys.check_name(name)
+        keys.check_tenants(tenants)
+        keys.check_scopes(scopes)
+        until = None if expires is None else keys.parse_expiry(expires, now)
+    except KeyInputError as exc:
+        raise click.UsageError(str(exc)) from None
+    cred, plaintext = _run(
+        data_dir,
+        lambda auth: auth.create_key(
+            name, roles=roles, tenants=tenants, scopes=scopes, expires=until, now=now
+        ),
+    )
+    click.echo(plaintext)
+    click.echo(
+        f"key {cred.prefix} ({cred.name}) created; keep it now, it is not shown again", err=True
+    )
+
+
+@keys_group.command("list")
+@_DATA_DIR
+def list_(data_dir: Path | None) -> None:
+    """Show every key: prefix, name, roles, tenants, scopes, times (never the key)."""
+    found = _run(data_dir, lambda auth: auth.list_keys())
+    now = time.time()
+    for c in found:
+        click.echo(_line(c, now))
+    if not found:
+        click.echo("no keys", err=True)
+
+
+@keys_group.command("revoke")
+@click.argument("prefix")
+@_DATA_DIR
+def revoke(prefix: str, data_dir: Path | None) -> None:
+    """Revoke the key whose prefix (as `list` shows it) is PREFIX; it stops working at once."""
+    try:
+        prefix = keys.check_prefix(prefix)
+    except KeyInputError as exc:
+        raise click.UsageError(str(exc)) from None
+    before = time.time()
+    found = _run(data_dir, lambda auth: auth.revoke(prefix))
+    if found is None:
+        raise click.ClickException(f"no key has the prefix {prefix}")
+    assert found.revoked is not None
+    already = "was already revoked" if found.revoked < before else "revoked"
+    click.echo(f"{already}: {_line(found, time.time())}")
