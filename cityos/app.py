@@ -11,6 +11,9 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp
 
 from cityos import __version__
+from cityos.auth.context import Identity
+from cityos.auth.policy import Policy
+from cityos.auth.ratelimit import Limit
 from cityos.broker.api import batch, discovery, entities, query, subscriptions, temporal
 from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
@@ -20,7 +23,9 @@ from cityos.catalog.dump_api import dump_routes
 from cityos.catalog.files_api import files_routes
 from cityos.catalog.pages import pages_routes
 from cityos.catalog.service import Catalog
+from cityos.http.middleware.auth import AuthMiddleware
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
+from cityos.http.middleware.security import CorsMiddleware, SecurityHeadersMiddleware
 from cityos.http.middleware.slashes import TrailingSlashMiddleware
 from cityos.http.routing import grouped
 from cityos.http.rsgi import RsgiBridge
@@ -32,6 +37,8 @@ from cityos.safety import rules
 from cityos.settings import Settings, from_env
 from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage.sqlite_auth import AuthStore
 
 
 def make_storage(settings: Settings) -> Storage:
@@ -99,6 +106,11 @@ def create_app(settings: Settings) -> ASGIApp:
 
     files = public_files(settings)
     catalog = Catalog(broker)
+    assert isinstance(store, SqliteStorage)  # the key and audit tables live in SQLite for now
+    keys, audit = AuthStore(store), AuditStore(store)
+    broker.on_start.append(keys.setup)
+    broker.on_start.append(audit.setup)
+    identity = Identity(keys, token_user=catalog.user_for_token)
     table = (
         entities.routes(broker)
         + query.routes(broker)
@@ -122,9 +134,23 @@ def create_app(settings: Settings) -> ASGIApp:
         redirect_slashes=False,
     )
     app: ASGIApp = TrailingSlashMiddleware(router)
+    app = AuthMiddleware(
+        app,
+        identity=identity,
+        audit=audit,
+        policy=Policy(),
+        enforce=settings.auth == "on",
+        anonymous_limit=Limit.parse(settings.rate_limit),
+        key_limit=Limit.parse(settings.key_rate_limit),
+    )
     app = ErrorMiddleware(app)
+    # CORS outside auth: a browser's preflight carries no key
+    app = CorsMiddleware(app, origins=settings.cors_origins)
+    app = SecurityHeadersMiddleware(app, tile_url=settings.portal_tile_url)
     app = portal_front(app, files)  # /public/ first; its .files is the RSGI fast lane
     app.broker = broker  # type: ignore[attr-defined]  # for tests and the CLI
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the CLI
+    app.identity = identity  # type: ignore[attr-defined]  # revocations in this process
+    app.audit = audit  # type: ignore[attr-defined]  # for tests
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

@@ -29,6 +29,19 @@ def _settings(**overrides: object) -> Settings:
     return settings
 
 
+def _check_exposure(settings: Settings) -> None:
+    """Refuse auth off beyond loopback; warn loudly about auth off on loopback."""
+    refusal = settings.exposure_error()
+    if refusal is not None:
+        raise click.ClickException(refusal)
+    if settings.auth == "off":
+        click.echo(
+            "WARNING: CITYOS_AUTH=off: anyone who can reach this machine's loopback may write "
+            "and administer; set CITYOS_AUTH=on before exposing it",
+            err=True,
+        )
+
+
 def run_server(settings: Settings, *, access_log: bool = False) -> None:
     """Serve the app with granian until SIGINT/SIGTERM, then drain and stop.
 
@@ -43,6 +56,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     from cityos.app import create_app
     from cityos.storage.sqlite import SchemaError, check_schema
 
+    _check_exposure(settings)
     try:
         check_schema(settings.sqlite_path)
         create_app(settings)  # refuse bad settings here, with a message, not in the worker
@@ -183,6 +197,18 @@ def demo(
     asyncio.run(_demo_serve(settings, scenario, speed, once))
 
 
+async def _demo_key(app: Any, settings: Settings) -> str | None:
+    """With auth on, give the demo's devices and staff a key of their own (valid one day)."""
+    if settings.auth != "on":
+        return None
+    import time
+
+    _, key = await app.identity.store.create_key(
+        "cityos-demo", roles=["steward", "operator"], tenants=[""], expires=time.time() + 86400
+    )
+    return str(key)
+
+
 async def _demo_load(settings: Settings) -> int:
     """Load the data set through the public API of an in-process app (no socket)."""
     import httpx
@@ -194,7 +220,11 @@ async def _demo_load(settings: Settings) -> int:
     app: Any = create_app(settings)
     async with app.lifespan(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cityos.demo") as c:
+        key = await _demo_key(app, settings)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://cityos.demo", headers=headers
+        ) as c:
             n: int = await runner.prepare(c)
         await publish_live_datasets(app.catalog)
         return n
@@ -210,6 +240,7 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
     from cityos.demo.scenario import SCENARIOS
     from cityos.storage.sqlite import SchemaError, check_schema
 
+    _check_exposure(settings)
     try:
         check_schema(settings.sqlite_path)
         app = create_app(settings)
@@ -236,7 +267,8 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
                 raise runner.DemoError("the server did not start")
             await asyncio.sleep(0.05)
         await publish_live_datasets(app.catalog)  # type: ignore[attr-defined]
-        return await runner.run(base, SCENARIOS[name](), speed, mqtt=settings.mqtt)
+        key = await _demo_key(app, settings)
+        return await runner.run(base, SCENARIOS[name](), speed, mqtt=settings.mqtt, api_key=key)
 
     playing = asyncio.create_task(play())
     await asyncio.wait({serving, playing}, return_when=asyncio.FIRST_COMPLETED)
@@ -332,17 +364,25 @@ async def _publish(settings: Settings, to: Path, surge: bool | None) -> list[Any
     show_default=True,
     help="Base URL of the running cityos server",
 )
-def surge(state: str, url: str) -> None:
+@click.option(
+    "--key",
+    envvar="CITYOS_API_KEY",
+    default=None,
+    help="An operator's API key, needed when the server runs with CITYOS_AUTH=on "
+    "[env CITYOS_API_KEY]",
+)
+def surge(state: str, url: str, key: str | None) -> None:
     """Switch surge mode (the top page becomes the light text-only page) on a running server."""
     import httpx
 
     endpoint = url.rstrip("/") + "/admin/portal/surge"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         if state == "status":
-            r = httpx.get(endpoint, timeout=5)
+            r = httpx.get(endpoint, timeout=5, headers=headers)
         else:
             # the server answers once the switched pages are published
-            r = httpx.put(endpoint, json={"surge": state == "on"}, timeout=30)
+            r = httpx.put(endpoint, json={"surge": state == "on"}, timeout=30, headers=headers)
     except httpx.TransportError as exc:
         raise click.ClickException(
             f"cannot reach cityos at {url} ({exc}); is `cityos serve` running there?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,6 +11,9 @@ from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_CATALOG_TITLE = "オープンデータカタログ"
+#: anonymous requests per client address, and requests per API key (ratelimit.Limit format)
+DEFAULT_RATE_LIMIT = "600/min:100"
+DEFAULT_KEY_RATE_LIMIT = "6000/min:1000"
 
 
 class SettingsError(ValueError):
@@ -40,6 +44,24 @@ class Settings:
     # stale-if-error) and of assets (max-age), in seconds
     portal_tile_url: str | None = None
     portal_cache: tuple[int, int, int, int] = (10, 30, 86400, 3600)
+    rate_limit: str = DEFAULT_RATE_LIMIT
+    key_rate_limit: str = DEFAULT_KEY_RATE_LIMIT
+    cors_origins: tuple[str, ...] = ()  # origins whose scripts may call the APIs; `*` any
+
+    @property
+    def loopback(self) -> bool:
+        """Return True when the server listens only on this machine (127.0.0.0/8, ::1)."""
+        return is_loopback(self.host)
+
+    def exposure_error(self) -> str | None:
+        """Return why these settings must not serve (auth off beyond loopback), or None."""
+        if self.auth == "off" and not self.loopback:
+            return (
+                f"CITYOS_AUTH=off is only allowed on a loopback address, not {self.host}: "
+                "anyone on the network could write; set CITYOS_AUTH=on (and create keys with "
+                "`cityos keys create`) or listen on 127.0.0.1"
+            )
+        return None
 
     @property
     def mqtt(self) -> tuple[str, int, str | None, str | None] | None:
@@ -73,6 +95,39 @@ class Settings:
     def with_overrides(self, **values: Any) -> Settings:
         """Return a copy with the given non-None values applied."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def is_loopback(host: str) -> bool:
+    """Return True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def _rate_limit(env: dict[str, str], name: str, default: str) -> str:
+    from cityos.auth.ratelimit import Limit
+
+    raw = env.get(name, "").strip() or default
+    try:
+        Limit.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return raw
+
+
+def _origins(env: dict[str, str]) -> tuple[str, ...]:
+    raw = env.get("CITYOS_CORS_ORIGINS", "")
+    out = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in out:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise SettingsError(
+                f"CITYOS_CORS_ORIGINS: {origin!r} is not an origin (https://app.example.org or *)"
+            )
+    return out
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
@@ -126,10 +181,6 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
     auth = e.get("CITYOS_AUTH", "off").strip().lower()
     if auth not in {"off", "on"}:
         raise SettingsError(f"CITYOS_AUTH must be 'off' or 'on', got {auth!r}")
-    if auth == "on":
-        raise SettingsError(
-            "CITYOS_AUTH=on: access control is not part of this version yet; use CITYOS_AUTH=off"
-        )
     sync = e.get("CITYOS_SQLITE_SYNC", "NORMAL").upper()
     if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
         raise SettingsError(f"CITYOS_SQLITE_SYNC must be OFF, NORMAL, FULL or EXTRA, got {sync!r}")
@@ -162,6 +213,9 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
             _seconds(e, "CITYOS_PORTAL_STALE_IF_ERROR", 86400),
             _seconds(e, "CITYOS_PORTAL_ASSET_MAX_AGE", 3600),
         ),
+        rate_limit=_rate_limit(e, "CITYOS_RATE_LIMIT", DEFAULT_RATE_LIMIT),
+        key_rate_limit=_rate_limit(e, "CITYOS_KEY_RATE_LIMIT", DEFAULT_KEY_RATE_LIMIT),
+        cors_origins=_origins(e),
     )
     _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early

@@ -43,7 +43,6 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ({"CITYOS_PORT": "eighty"}, "CITYOS_PORT"),
         ({"CITYOS_PORT": "70000"}, "CITYOS_PORT"),
         ({"CITYOS_AUTH": "maybe"}, "CITYOS_AUTH"),
-        ({"CITYOS_AUTH": "on"}, "CITYOS_AUTH"),
         ({"CITYOS_DATABASE_URL": "postgresql://localhost/city"}, "CITYOS_DATABASE_URL"),
         ({"CITYOS_SQLITE_SYNC": "SOMETIMES"}, "CITYOS_SQLITE_SYNC"),
     ],

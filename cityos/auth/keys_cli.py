@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import TypeVar
 import click
 
 from cityos.auth import keys
+from cityos.auth.audit import Entry
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
 from cityos.storage.sqlite_auth import AuthStore
@@ -26,10 +28,36 @@ _DATA_DIR = click.option(
 )
 
 
-def _run(data_dir: Path | None, job: Callable[[AuthStore], Awaitable[T]]) -> T:
-    """Open the database (created if needed), run job on the key store, close."""
+def _actor() -> str:
+    """Return who runs this command, as the audit log names them."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "cli"
+
+
+def _audited(action: str, prefix: str, cred: Credential | None) -> Entry:
+    """Return the audit record of a key change (no key found: an error)."""
+    if cred is None:
+        return Entry(_actor(), action, f"key:{prefix}", outcome="error", detail={"found": False})
+    return Entry(
+        actor=_actor(),
+        action=action,
+        target=f"key:{cred.prefix}",
+        tenant=",".join(cred.tenants)[:200],
+        detail={"name": cred.name, "roles": list(cred.roles)},
+    )
+
+
+def _run(
+    data_dir: Path | None,
+    job: Callable[[AuthStore], Awaitable[T]],
+    audit: Callable[[T], Entry] | None = None,
+) -> T:
+    """Open the database (created if needed), run job on the key store, audit it, close."""
     from cityos.cli import _settings
     from cityos.storage.sqlite import SchemaError, SqliteStorage, check_schema
+    from cityos.storage.sqlite_audit import AuditStore
 
     settings = _settings(data_dir=data_dir)
     try:
@@ -43,7 +71,12 @@ def _run(data_dir: Path | None, job: Callable[[AuthStore], Awaitable[T]]) -> T:
         try:
             auth = AuthStore(store)
             await auth.setup()
-            return await job(auth)
+            result = await job(auth)
+            if audit is not None:
+                log = AuditStore(store)
+                await log.setup()
+                await log.append(audit(result))
+            return result
         finally:
             await store.close()
 
@@ -127,6 +160,7 @@ def create(
         lambda auth: auth.create_key(
             name, roles=roles, tenants=tenants, scopes=scopes, expires=until, now=now
         ),
+        lambda made: _audited("key.create", made[0].prefix, made[0]),
     )
     click.echo(plaintext)
     click.echo(
@@ -156,7 +190,11 @@ def revoke(prefix: str, data_dir: Path | None) -> None:
     except KeyInputError as exc:
         raise click.UsageError(str(exc)) from None
     before = time.time()
-    found = _run(data_dir, lambda auth: auth.revoke(prefix))
+    found = _run(
+        data_dir,
+        lambda auth: auth.revoke(prefix),
+        lambda cred: _audited("key.revoke", prefix, cred),
+    )
     if found is None:
         raise click.ClickException(f"no key has the prefix {prefix}")
     assert found.revoked is not None

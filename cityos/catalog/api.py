@@ -19,6 +19,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cityos.auth import context
 from cityos.broker.api.common import Broker
 from cityos.catalog import registry
 from cityos.catalog.errors import CkanError, NotAuthorized, UnknownAction
@@ -47,6 +48,23 @@ class TooLarge(CkanError):
 
 def _envelope(help_url: str, **fields: Any) -> bytes:
     return orjson.dumps({"help": help_url, **fields})
+
+
+async def caller(request: Request, catalog: Catalog) -> str | None:
+    """Return who calls: an API key the access layer identified, else a catalog token's user.
+
+    Raise NotAuthorized when a token was presented that is not valid (not anonymous then).
+    """
+    principal = context.current()
+    if principal.kind == "key":
+        return f"key:{principal.id}"
+    token = token_of(request)
+    if token is None:
+        return None
+    user = await catalog.user_for_token(token)
+    if user is None:
+        raise NotAuthorized("the API token is not valid (unknown or revoked)")
+    return user
 
 
 def token_of(request: Request) -> str | None:
@@ -131,10 +149,7 @@ def catalog_routes(broker: Broker, catalog: Catalog) -> list[tuple[str, str, Han
             params, files = await _params(request, catalog)
             params.pop("callback", None)
             params.pop("_", None)  # jQuery's cache buster, sent with JSONP
-            token = token_of(request)
-            user = await catalog.user_for_token(token) if token else None
-            if token and user is None:
-                raise NotAuthorized("the API token is not valid (unknown or revoked)")
+            user = await caller(request, catalog)
             ctx = Context(catalog=catalog, user=user, files=files, base_url=base)
             result = await registry.call(ctx, name, params)
             body = _envelope(help_url, success=True, result=result)

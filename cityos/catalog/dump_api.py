@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from cityos.catalog import registry
+from cityos.catalog.api import caller
 from cityos.catalog.errors import CkanError
 from cityos.catalog.registry import Context
 from cityos.catalog.service import Catalog
@@ -44,12 +45,9 @@ def dump_routes(catalog: Catalog) -> list[tuple[str, str, Handler]]:
         if fmt not in FORMATS:
             return PlainTextResponse(f"format: {fmt!r} is not one of csv, tsv\n", 400)
         bom = request.query_params.get("bom", "true").lower() not in ("false", "0", "no")
-        token = request.headers.get("authorization") or request.headers.get("x-ckan-api-key")
-        user = (
-            await catalog.user_for_token(token.removeprefix("Bearer ").strip()) if token else None
-        )
-        ctx = Context(catalog=catalog, user=user, base_url=catalog.base_url)
         try:  # the first page answers errors before anything is sent
+            user = await caller(request, catalog)
+            ctx = Context(catalog=catalog, user=user, base_url=catalog.base_url)
             first = await _page(ctx, rid, 0)
         except CkanError as exc:
             return PlainTextResponse(exc.message + "\n", exc.status)

@@ -100,7 +100,8 @@ def _not_found(what: str) -> Response:
 
 def files_routes(catalog: Catalog) -> list[tuple[str, str, Handler]]:
     """Return the download routes of uploaded resources."""
-    from cityos.catalog.api import token_of
+    from cityos.catalog.api import caller
+    from cityos.catalog.errors import NotAuthorized
 
     async def download(request: Request) -> Response:
         pkg = await catalog.meta.get_dataset(request.path_params["id"])
@@ -109,8 +110,11 @@ def files_routes(catalog: Catalog) -> list[tuple[str, str, Handler]]:
         if pkg is None:
             return _not_found("Dataset not found")
         if pkg.get("private") or pkg.get("state") != "active":
-            token = token_of(request)
-            if token is None or await catalog.user_for_token(token) is None:
+            try:
+                user = await caller(request, catalog)
+            except NotAuthorized:
+                user = None
+            if user is None:
                 return _not_found("Dataset not found")
         res = next((r for r in pkg.get("resources", []) if r.get("id") == rid), None)
         if res is None or res.get("url_type") != "upload":

@@ -431,10 +431,12 @@ async def run(
     *,
     mqtt: tuple[str, int, str | None, str | None] | None = None,
     console: Console | None = None,
+    api_key: str | None = None,
 ) -> Summary:
     """Prepare the server, replay the scenario and return the summary."""
     console = console or Console()
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, headers=headers) as client:
         await wait_healthy(client)
         n = await prepare(client)
         how = f"MQTT {mqtt[0]}:{mqtt[1]}" if mqtt else "HTTP /iot/json"

@@ -327,7 +327,21 @@ class PublicFiles:
             ("cache-control", self.policy.header(suffix)),
             ("last-modified", formatdate(int(mtime), usegmt=True)),
             ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "strict-origin-when-cross-origin"),
+            ("x-frame-options", "DENY"),
         ]
+        if suffix == ".html":
+            # the pages colour badges with style= and lite.html carries its own <style>, so
+            # inline styles are allowed (never inline scripts); map tiles come from the tile
+            # host the site was built with, which these headers do not know: any https image
+            common.append(
+                (
+                    "content-security-policy",
+                    "default-src 'self'; img-src 'self' data: https:; "
+                    "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; "
+                    "base-uri 'none'; frame-ancestors 'none'",
+                )
+            )
         if gz is not None:
             common.append(("vary", "Accept-Encoding"))
         ctype = CONTENT_TYPES.get(suffix, DEFAULT_TYPE)

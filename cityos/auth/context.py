@@ -1,0 +1,134 @@
+"""Who the current request acts as: its credential, found once and kept in a contextvar.
+
+`Identity.identify` turns a presented key (`cok_...`) or catalog token into a `Principal`. Keys
+found in the store are cached for `ttl` seconds, so a busy app costs no read per request; a
+revocation through `Identity.revoke` (this process) drops the key at once, one made by
+`cityos keys revoke` in another process takes effect here within `ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Final
+
+from cityos.auth import keys
+from cityos.auth.keys import Credential
+from cityos.auth.policy import ANONYMOUS, Principal
+from cityos.storage.sqlite_auth import AuthStore
+
+#: seconds a found key is trusted without asking the store again
+CACHE_TTL: Final = 30.0
+#: a catalog (CKAN) API token acts as a data steward of the default tenant: it could already
+#: create and change datasets before keys existed, and tokens carry no tenant of their own
+TOKEN_ROLES: Final = frozenset({"steward"})
+TOKEN_TENANTS: Final = frozenset({""})
+
+_current: ContextVar[Principal] = ContextVar("cityos_principal", default=ANONYMOUS)
+
+
+def current() -> Principal:
+    """Return the principal of the request being handled (anonymous outside one)."""
+    return _current.get()
+
+
+def bind(principal: Principal) -> Token[Principal]:
+    """Make principal the current one; reset with the returned token."""
+    return _current.set(principal)
+
+
+def reset(token: Token[Principal]) -> None:
+    """Restore the principal bound before bind returned token."""
+    _current.reset(token)
+
+
+def presented(authorization: str | None, api_key: str | None) -> str | None:
+    """Return the credential of `Authorization` (Bearer or bare, as CKAN sends) or `X-API-Key`."""
+    raw = (authorization or "").strip()
+    if raw.lower().startswith("bearer "):
+        raw = raw[7:].strip()
+    elif " " in raw:
+        raw = ""  # another scheme (Basic for a proxy in front): not ours to judge
+    raw = raw or (api_key or "").strip()
+    return raw or None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What identification found: a principal, or that the credential is not valid."""
+
+    principal: Principal
+    valid: bool = True
+    key_id: int | None = None
+
+
+class Identity:
+    """Find the principal of a presented credential, with a short cache of found keys."""
+
+    def __init__(
+        self,
+        store: AuthStore,
+        *,
+        token_user: Callable[[str], Awaitable[str | None]] | None = None,
+        ttl: float = CACHE_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._token_user = token_user
+        self._ttl = ttl
+        self._clock = clock
+        #: sha256 of a key -> (its credential, until when it is trusted)
+        self._cache: dict[str, tuple[Credential, float]] = {}
+
+    async def identify(self, credential: str | None) -> Found:
+        """Return the principal of a presented credential (None: anonymous)."""
+        if credential is None:
+            return Found(ANONYMOUS)
+        if credential.startswith(keys.MARK):
+            cred = await self._key(credential)
+            if cred is None:
+                return Found(ANONYMOUS, valid=False)
+            return Found(cred.principal(), key_id=cred.id)
+        user = await self._token_user(credential) if self._token_user else None
+        if user is None:
+            return Found(ANONYMOUS, valid=False)
+        return Found(
+            Principal("token", id=f"token:{user}", roles=TOKEN_ROLES, tenants=TOKEN_TENANTS)
+        )
+
+    async def _key(self, plaintext: str) -> Credential | None:
+        now = self._clock()
+        digest = keys.digest(plaintext)
+        hit = self._cache.get(digest)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        cred = await self.store.find(plaintext, now=now)
+        if cred is None:
+            # unknown keys are not cached: a key made a moment ago must work at once
+            self._cache.pop(digest, None)
+            return None
+        until = now + self._ttl
+        if cred.expires is not None:
+            until = min(until, cred.expires)
+        if len(self._cache) > 10_000:  # bounded: keys are few, but presented ones need not be
+            self._cache.clear()
+        self._cache[digest] = (cred, until)
+        return cred
+
+    async def touch(self, key_id: int) -> None:
+        """Record that a key was used (at most one write a minute per key)."""
+        await self.store.touch(key_id, now=self._clock())
+
+    async def revoke(self, prefix: str) -> Credential | None:
+        """Revoke a key and stop trusting it in this process at once."""
+        found = await self.store.revoke(prefix, now=self._clock())
+        self.forget(prefix)
+        return found
+
+    def forget(self, prefix: str) -> None:
+        """Drop the cached key with this prefix."""
+        for digest, (cred, _) in list(self._cache.items()):
+            if cred.prefix == prefix:
+                del self._cache[digest]
