@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> ASGIApp:
         redirect_slashes=False,
     )
     app: ASGIApp = TrailingSlashMiddleware(router)
-    app = AuthMiddleware(
+    app = guard = AuthMiddleware(
         app,
         identity=identity,
         audit=audit,
@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> ASGIApp:
         anonymous_limit=Limit.parse(settings.rate_limit),
         key_limit=Limit.parse(settings.key_rate_limit),
     )
+    broker.on_stop.append(guard.drain)  # the last audit records, before storage closes
     app = ErrorMiddleware(app)
     # CORS outside auth: a browser's preflight carries no key
     app = CorsMiddleware(app, origins=settings.cors_origins)
@@ -152,5 +153,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the CLI
     app.identity = identity  # type: ignore[attr-defined]  # revocations in this process
     app.audit = audit  # type: ignore[attr-defined]  # for tests
+    app.guard = guard  # type: ignore[attr-defined]  # tests wait for its audit records
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

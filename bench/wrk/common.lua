@@ -8,6 +8,10 @@ ID_FORMAT = "urn:ngsi-ld:WaterLevelObserved:sano-%06d"
 LON_MIN, LON_MAX, LAT_MIN, LAT_MAX = 139.45, 139.70, 36.25, 36.50
 BASE = "/ngsi-ld/v1"
 wrk.headers["Accept"] = "application/json"
+-- bench/auth.py: an API key on every request, as an app with a key sends it
+if os.getenv("BENCH_KEY") then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+end
 
 rejected = 0
 first_rejected = ""

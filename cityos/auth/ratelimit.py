@@ -53,6 +53,9 @@ class Limit:
         return cls(rate, burst)
 
 
+_ALLOWED: Final = Verdict(True)
+
+
 class RateLimiter:
     """Token buckets per key with an injectable clock (monotonic seconds)."""
 
@@ -87,7 +90,7 @@ class RateLimiter:
             tokens = min(burst, tokens + max(0.0, now - then) * rate)
             if tokens >= cost:
                 self._buckets[key] = (tokens - cost, now)
-                verdict = Verdict(True)
+                verdict = _ALLOWED
             else:
                 self._buckets[key] = (tokens, now)
                 # the float error of (cost - tokens) / rate must not round 2.0000001 up to 3

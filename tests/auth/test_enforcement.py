@@ -51,7 +51,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def records(client: TestClient) -> list[Record]:
+    """Return the audit log once the records of answered requests are written."""
     assert client.portal is not None
+    client.portal.call(client.app.guard.drain)  # type: ignore[attr-defined]
     found: list[Record] = client.portal.call(client.app.audit.records)  # type: ignore[attr-defined]
     return found
 

@@ -9,13 +9,13 @@ One middleware does all four because each needs what the one before it found.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos.auth import areas, context
@@ -84,11 +84,6 @@ async def _refuse(
     await send({"type": "http.response.body", "body": body})
 
 
-def tenant_of(headers: Headers) -> str:
-    """Return the tenant a request names (NGSILD-Tenant, else Fiware-Service; '' default)."""
-    return headers.get("ngsild-tenant") or headers.get("fiware-service") or ""
-
-
 def outcome_of(status: int, denied: bool) -> Outcome:
     """Return the audit outcome of an answered request."""
     if denied or status == 429:
@@ -118,6 +113,7 @@ class AuthMiddleware:
         self.enforce = enforce
         self.by_address = RateLimiter(anonymous_limit, clock=clock)
         self.by_key = RateLimiter(key_limit, clock=clock)
+        self._pending: set[asyncio.Future[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,14 +121,31 @@ class AuthMiddleware:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        area = areas.area_of(path)
-        if path.startswith("/public/") or path == "/-/health":
+        action = areas.action_of(method, path)
+        if not self.enforce and action == "read":
+            # nothing to check and nothing to record: the hot path of a public deployment
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        action = areas.action_of(method, path)
-        tenant = tenant_of(headers)
-        found = await self._identify(headers)
+        area = areas.area_of(path)
+        if area is None and (
+            path.startswith("/public/") or path == "/-/health" or not self.enforce
+        ):
+            # not governed by the policy (health, snapshots, IoT south-bound measures, which
+            # their group's apikey authenticates): neither checked nor audited
+            await self.app(scope, receive, send)
+            return
+        authorization = api_key = tenant_header = service = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"x-api-key":
+                api_key = value.decode("latin-1")
+            elif name == b"ngsild-tenant":
+                tenant_header = value.decode("latin-1")
+            elif name == b"fiware-service":
+                service = value.decode("latin-1")
+        tenant = tenant_header or service or ""
+        found = await self._identify(authorization, api_key)
         principal = found.principal
         refusal: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
         if self.enforce:
@@ -147,12 +160,12 @@ class AuthMiddleware:
                 decision = self.policy.decide(principal, Operation("write", area, tenant))
                 if not decision.allowed:
                     refusal = (decision.status, decision.reason, [])
-        audited = action == "write"
+        audited = action == "write" and area is not None
         if refusal is not None:
             status, message, extra = refusal
             await _refuse(send, path, status, message, extra)
             if audited:
-                await self._record(principal, area, method, path, tenant, status, denied=True)
+                self._audit(principal, area, method, path, tenant, status, denied=True)
             return
         if found.key_id is not None:
             await self.identity.touch(found.key_id)
@@ -173,10 +186,37 @@ class AuthMiddleware:
         finally:
             context.reset(token)
             if audited:
-                await self._record(principal, area, method, path, tenant, status, denied=False)
+                self._audit(principal, area, method, path, tenant, status, denied=False)
 
-    async def _identify(self, headers: Headers) -> Found:
-        credential = context.presented(headers.get("authorization"), headers.get("x-api-key"))
+    def _audit(
+        self,
+        principal: Principal,
+        area: str | None,
+        method: str,
+        path: str,
+        tenant: str,
+        status: int,
+        *,
+        denied: bool,
+    ) -> None:
+        """Append the record without holding up the connection's next request.
+
+        The append goes to the storage writer at once and shares its group commits; the
+        tasks are awaited at shutdown (`drain`), so a graceful stop loses none.
+        """
+        task = asyncio.ensure_future(
+            self._record(principal, area, method, path, tenant, status, denied=denied)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait for the audit records still being written."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def _identify(self, authorization: str | None, api_key: str | None) -> Found:
+        credential = context.presented(authorization, api_key)
         found = await self.identity.identify(credential)
         if not self.enforce and not found.valid:
             return Found(found.principal)  # auth off: an unknown credential changes nothing

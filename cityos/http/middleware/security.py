@@ -74,6 +74,9 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, tile_url: str | None = None) -> None:
         self.app = app
         self.tile_url = tile_url
+        # built once: a response costs one pass over its own headers
+        self._plain = [(k.encode(), v.encode()) for k, v in security_headers("", tile_url)]
+        self._html = [(k.encode(), v.encode()) for k, v in security_headers("text/html", tile_url)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,10 +85,17 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in security_headers(headers.get("content-type", ""), self.tile_url):
-                    if name not in headers:
-                        headers.append(name, value)
+                raw = list(message.get("headers", ()))
+                names = set()
+                html = False
+                for name, value in raw:
+                    name = name.lower()
+                    names.add(name)
+                    if name == b"content-type":
+                        html = value.split(b";", 1)[0].strip().lower() == b"text/html"
+                extra = self._html if html else self._plain
+                raw.extend(h for h in extra if h[0] not in names)
+                message = {**message, "headers": raw}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -115,11 +125,15 @@ class CorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_headers = Headers(scope=scope)
-        origin = request_headers.get("origin")
-        if origin is None:
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+                break
+        if origin is None:  # not a browser's cross-origin call: the common case, at no cost
             await self.app(scope, receive, send)
             return
+        request_headers = Headers(scope=scope)
         preflight = scope["method"] == "OPTIONS" and (
             "access-control-request-method" in request_headers
         )
