@@ -79,18 +79,15 @@ class Identity:
         self._token_user = token_user
         self._ttl = ttl
         self._clock = clock
-        #: sha256 of a key -> (its credential, until when it is trusted)
-        self._cache: dict[str, tuple[Credential, float]] = {}
+        #: sha256 of a key -> (its credential, until when it is trusted, what it identifies)
+        self._cache: dict[str, tuple[Credential, float, Found]] = {}
 
     async def identify(self, credential: str | None) -> Found:
         """Return the principal of a presented credential (None: anonymous)."""
         if credential is None:
             return Found(ANONYMOUS)
         if credential.startswith(keys.MARK):
-            cred = await self._key(credential)
-            if cred is None:
-                return Found(ANONYMOUS, valid=False)
-            return Found(cred.principal(), key_id=cred.id)
+            return await self._key(credential)
         user = await self._token_user(credential) if self._token_user else None
         if user is None:
             return Found(ANONYMOUS, valid=False)
@@ -98,24 +95,25 @@ class Identity:
             Principal("token", id=f"token:{user}", roles=TOKEN_ROLES, tenants=TOKEN_TENANTS)
         )
 
-    async def _key(self, plaintext: str) -> Credential | None:
+    async def _key(self, plaintext: str) -> Found:
         now = self._clock()
         digest = keys.digest(plaintext)
         hit = self._cache.get(digest)
         if hit is not None and now < hit[1]:
-            return hit[0]
+            return hit[2]  # the same principal object: nothing rebuilt per request
         cred = await self.store.find(plaintext, now=now)
         if cred is None:
             # unknown keys are not cached: a key made a moment ago must work at once
             self._cache.pop(digest, None)
-            return None
+            return Found(ANONYMOUS, valid=False)
         until = now + self._ttl
         if cred.expires is not None:
             until = min(until, cred.expires)
         if len(self._cache) > 10_000:  # bounded: keys are few, but presented ones need not be
             self._cache.clear()
-        self._cache[digest] = (cred, until)
-        return cred
+        found = Found(cred.principal(), key_id=cred.id)
+        self._cache[digest] = (cred, until, found)
+        return found
 
     async def touch(self, key_id: int) -> None:
         """Record that a key was used (at most one write a minute per key)."""
@@ -129,6 +127,6 @@ class Identity:
 
     def forget(self, prefix: str) -> None:
         """Drop the cached key with this prefix."""
-        for digest, (cred, _) in list(self._cache.items()):
+        for digest, (cred, _, _) in list(self._cache.items()):
             if cred.prefix == prefix:
                 del self._cache[digest]
