@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,40 +10,22 @@ from typing import IO, TypeVar
 import click
 
 from cityos.auth.audit import AuditError, Head, canonical
+from cityos.datadir import DATA_DIR, with_storage
+from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 
 T = TypeVar("T")
 
-_DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
-
 
 def _run(data_dir: Path | None, job: Callable[[AuditStore], Awaitable[T]]) -> T:
-    """Open the database (created if needed), run job on the audit log, close."""
-    from cityos.cli import _settings
-    from cityos.storage.sqlite import SchemaError, SqliteStorage, check_schema
+    """Run job on the audit log of the data dir."""
 
-    settings = _settings(data_dir=data_dir)
-    try:
-        check_schema(settings.sqlite_path)
-    except SchemaError as exc:
-        raise click.ClickException(str(exc)) from None
+    async def run(store: SqliteStorage) -> T:
+        audit = AuditStore(store)
+        await audit.setup()
+        return await job(audit)
 
-    async def run() -> T:
-        store = SqliteStorage(settings.sqlite_path)
-        await store.start()
-        try:
-            audit = AuditStore(store)
-            await audit.setup()
-            return await job(audit)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
+    return with_storage(data_dir, run)
 
 
 @click.group("audit")
@@ -60,7 +41,7 @@ def audit_group() -> None:
     metavar="SEQ HASH",
     help="A head printed earlier by `cityos audit head`; it must still be in the log",
 )
-@_DATA_DIR
+@DATA_DIR
 def verify(expect_head: tuple[int, str] | None, data_dir: Path | None) -> None:
     """Check every record's hash and link; exit 1 and say where the chain breaks."""
     expect = None if expect_head is None else Head(expect_head[0], expect_head[1].lower())
@@ -89,7 +70,7 @@ def verify(expect_head: tuple[int, str] | None, data_dir: Path | None) -> None:
     default=Path("-"),
     help="File to write the JSON lines to; - (the default) is standard output",
 )
-@_DATA_DIR
+@DATA_DIR
 def export(since: int, output: Path, data_dir: Path | None) -> None:
     """Write records as JSON lines, one canonical object per record, in seq order."""
 
@@ -121,7 +102,7 @@ async def _write(audit: AuditStore, since: int, out: IO[str]) -> tuple[int, int,
 
 
 @audit_group.command("head")
-@_DATA_DIR
+@DATA_DIR
 def head(data_dir: Path | None) -> None:
     """Print the latest record's seq and hash; keep them elsewhere to check later."""
     click.echo(str(_run(data_dir, lambda audit: audit.head())))

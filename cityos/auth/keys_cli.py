@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import time
 from collections.abc import Awaitable, Callable
@@ -16,16 +15,11 @@ from cityos.auth import keys
 from cityos.auth.audit import Entry
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
+from cityos.datadir import DATA_DIR, with_storage
+from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_auth import AuthStore
 
 T = TypeVar("T")
-
-_DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
 
 
 def _actor() -> str:
@@ -54,33 +48,20 @@ def _run(
     job: Callable[[AuthStore], Awaitable[T]],
     audit: Callable[[T], Entry] | None = None,
 ) -> T:
-    """Open the database (created if needed), run job on the key store, audit it, close."""
-    from cityos.cli import _settings
-    from cityos.storage.sqlite import SchemaError, SqliteStorage, check_schema
+    """Run job on the key store of the data dir, then append its audit record."""
     from cityos.storage.sqlite_audit import AuditStore
 
-    settings = _settings(data_dir=data_dir)
-    try:
-        check_schema(settings.sqlite_path)
-    except SchemaError as exc:
-        raise click.ClickException(str(exc)) from None
+    async def run(store: SqliteStorage) -> T:
+        auth = AuthStore(store)
+        await auth.setup()
+        result = await job(auth)
+        if audit is not None:
+            log = AuditStore(store)
+            await log.setup()
+            await log.append(audit(result))
+        return result
 
-    async def run() -> T:
-        store = SqliteStorage(settings.sqlite_path)
-        await store.start()
-        try:
-            auth = AuthStore(store)
-            await auth.setup()
-            result = await job(auth)
-            if audit is not None:
-                log = AuditStore(store)
-                await log.setup()
-                await log.append(audit(result))
-            return result
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
+    return with_storage(data_dir, run)
 
 
 def _when(t: float | None, never: str = "never") -> str:
@@ -136,7 +117,7 @@ def keys_group() -> None:
     help="area:action the key may use, e.g. entities:read (repeat; default '*': its roles' all)",
 )
 @click.option("--expires", default=None, help="When it expires: 90d, 12h, 4w, 2027-01-01")
-@_DATA_DIR
+@DATA_DIR
 def create(
     name: str,
     roles: tuple[str, ...],
@@ -169,7 +150,7 @@ def create(
 
 
 @keys_group.command("list")
-@_DATA_DIR
+@DATA_DIR
 def list_(data_dir: Path | None) -> None:
     """Show every key: prefix, name, roles, tenants, scopes, times (never the key)."""
     found = _run(data_dir, lambda auth: auth.list_keys())
@@ -182,7 +163,7 @@ def list_(data_dir: Path | None) -> None:
 
 @keys_group.command("revoke")
 @click.argument("prefix")
-@_DATA_DIR
+@DATA_DIR
 def revoke(prefix: str, data_dir: Path | None) -> None:
     """Revoke the key whose prefix (as `list` shows it) is PREFIX; it stops working at once."""
     try:

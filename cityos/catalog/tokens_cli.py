@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
+from cityos.datadir import DATA_DIR, with_storage
+from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_catalog import CatalogStore, TokenInfo
 
 T = TypeVar("T")
 
-_DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
-
 
 def _run(data_dir: Path | None, job: Callable[[CatalogStore], Awaitable[T]]) -> T:
-    """Open the database (created if needed), run job on the catalog's store, close."""
-    from cityos.cli import _settings
-    from cityos.storage.sqlite import SchemaError, SqliteStorage, check_schema
+    """Run job on the catalog's store of the data dir."""
 
-    settings = _settings(data_dir=data_dir)
-    try:
-        check_schema(settings.sqlite_path)
-    except SchemaError as exc:
-        raise click.ClickException(str(exc)) from None
+    async def run(store: SqliteStorage) -> T:
+        meta = CatalogStore(store)
+        await meta.setup()
+        return await job(meta)
 
-    async def run() -> T:
-        store = SqliteStorage(settings.sqlite_path)
-        await store.start()
-        try:
-            meta = CatalogStore(store)
-            await meta.setup()
-            return await job(meta)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
+    return with_storage(data_dir, run)
 
 
 @click.group("token")
@@ -52,7 +33,7 @@ def token_group() -> None:
 
 @token_group.command("create")
 @click.option("--user", required=True, help="The user the token acts as")
-@_DATA_DIR
+@DATA_DIR
 def create(user: str, data_dir: Path | None) -> None:
     """Make a token and print it (once: only its hash is kept)."""
     if not user.strip():
@@ -67,7 +48,7 @@ def _line(t: TokenInfo) -> str:
 
 
 @token_group.command("list")
-@_DATA_DIR
+@DATA_DIR
 def list_(data_dir: Path | None) -> None:
     """Show every token: its prefix, user, creation and last use."""
     tokens = _run(data_dir, lambda meta: meta.list_tokens())
@@ -79,7 +60,7 @@ def list_(data_dir: Path | None) -> None:
 
 @token_group.command("revoke")
 @click.argument("prefix")
-@_DATA_DIR
+@DATA_DIR
 def revoke(prefix: str, data_dir: Path | None) -> None:
     """Revoke the token whose prefix (as `list` shows it) starts with PREFIX."""
     prefix = prefix.rstrip("…")

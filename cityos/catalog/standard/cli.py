@@ -20,6 +20,7 @@ from cityos.catalog.errors import CkanError
 from cityos.catalog.standard.report import Outcome, render
 from cityos.catalog.standard.schemas import KINDS
 from cityos.catalog.standard.validate import Validation, validate
+from cityos.datadir import DATA_DIR
 from cityos.settings import Settings, SettingsError, from_env
 
 if TYPE_CHECKING:
@@ -45,12 +46,7 @@ DEFAULT_ORGANIZATION = "sano-city"
     show_default=True,
     help="Publishing organization (created when missing)",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder holding the SQLite database [env CITYOS_DATA_DIR; ./cityos-data]",
-)
+@DATA_DIR
 @click.option("--dry-run", is_flag=True, help="Only check the file and print the report")
 def import_command(
     file: Path,
