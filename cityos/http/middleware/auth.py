@@ -113,7 +113,7 @@ class AuthMiddleware:
         self.enforce = enforce
         self.by_address = RateLimiter(anonymous_limit, clock=clock)
         self.by_key = RateLimiter(key_limit, clock=clock)
-        self._pending: set[asyncio.Future[None]] = set()
+        self._pending: set[asyncio.Future[object]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -204,9 +204,20 @@ class AuthMiddleware:
         The append goes to the storage writer at once and shares its group commits; the
         tasks are awaited at shutdown (`drain`), so a graceful stop loses none.
         """
-        task = asyncio.ensure_future(
-            self._record(principal, area, method, path, tenant, status, denied=denied)
-        )
+        try:
+            entry = Entry(
+                actor=principal.id or "anonymous",
+                action=f"{area or 'http'}.{method.lower()}",
+                target=path[:1000],
+                tenant=tenant[:200],
+                outcome=outcome_of(status, denied),
+                detail={"status": status},
+            )
+        except AuditError:
+            # a request the log cannot hold (an odd method name) is logged here instead
+            log.warning("not audited: %s %s (%s)", method, path, status)
+            return
+        task: asyncio.Future[object] = asyncio.ensure_future(self.audit.append(entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -239,29 +250,3 @@ class AuthMiddleware:
             f"too many requests; retry after {verdict.retry_after} s",
             [(b"retry-after", retry)],
         )
-
-    async def _record(
-        self,
-        principal: Principal,
-        area: str | None,
-        method: str,
-        path: str,
-        tenant: str,
-        status: int,
-        *,
-        denied: bool,
-    ) -> None:
-        actor = principal.id or "anonymous"
-        try:
-            entry = Entry(
-                actor=actor,
-                action=f"{area or 'http'}.{method.lower()}",
-                target=path[:1000],
-                tenant=tenant[:200],
-                outcome=outcome_of(status, denied),
-                detail={"status": status},
-            )
-            await self.audit.append(entry)
-        except AuditError:
-            # a request the log cannot hold (an odd method name) is logged here instead
-            log.warning("not audited: %s %s (%s)", method, path, status)
