@@ -57,7 +57,9 @@ async def caller(request: Request, catalog: Catalog) -> str | None:
     """
     principal = context.current()
     if principal.kind == "key":
-        return f"key:{principal.id}"
+        return principal.id  # "key:<prefix>"
+    if principal.kind == "token":  # the access layer has looked the token up already
+        return principal.id.removeprefix("token:")
     token = token_of(request)
     if token is None:
         return None

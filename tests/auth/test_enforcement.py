@@ -135,6 +135,7 @@ def test_catalog_accepts_ckan_tokens_and_refuses_anonymous(client: TestClient) -
     headers = {"Authorization": token}
     r = client.post("/api/3/action/package_create", json={"name": "rivers"}, headers=headers)
     assert r.status_code == 200, r.text
+    assert r.json()["result"]["creator_user_id"] == "tanaka"
     assert records(client)[-1].actor == "token:tanaka"
 
 
@@ -142,6 +143,7 @@ def test_catalog_accepts_a_steward_api_key(client: TestClient) -> None:
     key = make_key(client, "steward")
     r = client.post("/api/3/action/package_create", json={"name": "rivers"}, headers=bearer(key))
     assert r.status_code == 200, r.text
+    assert r.json()["result"]["creator_user_id"] == f"key:{key[4:12]}"
 
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
