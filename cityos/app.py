@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> ASGIApp:
         app,
         identity=identity,
         audit=audit,
-        policy=Policy(),
+        policy=Policy.from_settings(settings.public_types, settings.public_tenants),
         enforce=settings.auth == "on",
         anonymous_limit=Limit.parse(settings.rate_limit),
         key_limit=Limit.parse(settings.key_rate_limit),

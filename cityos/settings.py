@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -47,6 +48,10 @@ class Settings:
     rate_limit: str = DEFAULT_RATE_LIMIT
     key_rate_limit: str = DEFAULT_KEY_RATE_LIMIT
     cors_origins: tuple[str, ...] = ()  # origins whose scripts may call the APIs; `*` any
+    # entity types anyone may read, and the tenants where they may (comma-separated; None:
+    # the policy's defaults, the public safety types in the default tenant)
+    public_types: str | None = None
+    public_tenants: str | None = None
 
     @property
     def loopback(self) -> bool:
@@ -115,6 +120,20 @@ def _rate_limit(env: dict[str, str], name: str, default: str) -> str:
         Limit.parse(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
+    return raw
+
+
+_TYPE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*|[a-z][a-z0-9+.\-]*:[^\s,]+")
+_TENANT_NAME: Final = re.compile(r"-|[A-Za-z0-9_.:\-]{1,128}")
+
+
+def _names(env: dict[str, str], name: str, pattern: re.Pattern[str]) -> str | None:
+    raw = env.get(name)
+    if raw is None:
+        return None
+    for item in (part.strip() for part in raw.split(",")):
+        if item and not pattern.fullmatch(item):
+            raise SettingsError(f"{name}: {item!r} is not a valid name")
     return raw
 
 
@@ -216,6 +235,8 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         rate_limit=_rate_limit(e, "CITYOS_RATE_LIMIT", DEFAULT_RATE_LIMIT),
         key_rate_limit=_rate_limit(e, "CITYOS_KEY_RATE_LIMIT", DEFAULT_KEY_RATE_LIMIT),
         cors_origins=_origins(e),
+        public_types=_names(e, "CITYOS_PUBLIC_TYPES", _TYPE_NAME),
+        public_tenants=_names(e, "CITYOS_PUBLIC_TENANTS", _TENANT_NAME),
     )
     _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early

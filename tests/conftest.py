@@ -8,12 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -137,3 +140,53 @@ def make_token(data: Path, user: str = "admin") -> str:
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     return made.stdout.strip()
+
+
+class Receiver:
+    """An HTTP server on a free port that records the notifications POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.status = 204
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._cond:
+                    status = receiver.status
+                    if status < 300:
+                        receiver.received.append(orjson.loads(body))
+                        receiver.headers.append(dict(self.headers.items()))
+                        receiver._cond.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Return the first n notifications once they have arrived."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.received) >= n, timeout)
+            assert ok, f"received {len(self.received)} notifications, expected {n}"
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()

@@ -32,12 +32,21 @@ AREAS: Final[tuple[tuple[str, Area | None], ...]] = (
     ("/api/action/datastore_", "datastore"),
     ("/api/3/action", "catalog"),
     ("/api/action", "catalog"),
+    # the catalog's pages, uploaded files and dumps show datasets as the API does
+    ("/dataset", "catalog"),
+    ("/organization", "catalog"),
+    ("/catalog", "catalog"),
+    ("/datastore/dump", "datastore"),
 )
 #: POST paths that read (a query too long for a URL)
 QUERY_POSTS: Final = frozenset(
     {"/ngsi-ld/v1/entityOperations/query", "/ngsi-ld/v1/temporal/entityOperations/query"}
 )
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: CKAN action names that read, by their ending (CKAN's own naming); every other action is a
+#: write whatever the method, since CKAN clients may send any action as a GET
+_READ_ACTION_ENDINGS: Final = ("_show", "_list", "_search", "_search_sql", "_info", "_read")
+_ACTION_PREFIXES: Final = ("/api/3/action/", "/api/action/")
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -64,9 +73,18 @@ def area_of(path: str) -> Area | None:
 
 def action_of(method: str, path: str) -> Action:
     """Return whether a request reads or writes."""
+    if path.startswith("/api/"):
+        for prefix in _ACTION_PREFIXES:
+            if path.startswith(prefix):
+                return catalog_action_of(path[len(prefix) :].rstrip("/"))
     if method in READ_METHODS or (method == "POST" and path.rstrip("/") in QUERY_POSTS):
         return "read"
     return "write"
+
+
+def catalog_action_of(name: str) -> Action:
+    """Return whether a CKAN action reads or writes, from its name (unknown ones write)."""
+    return "read" if name.endswith(_READ_ACTION_ENDINGS) else "write"
 
 
 def shape_of(path: str) -> Shape:

@@ -16,7 +16,15 @@ from typing import Final
 
 from cityos.auth import keys
 from cityos.auth.keys import Credential
-from cityos.auth.policy import ANONYMOUS, Principal
+from cityos.auth.policy import (
+    ANONYMOUS,
+    EVERYTHING,
+    Decision,
+    Operation,
+    Policy,
+    Principal,
+    Reading,
+)
 from cityos.storage.sqlite_auth import AuthStore
 
 #: seconds a found key is trusted without asking the store again
@@ -26,21 +34,54 @@ CACHE_TTL: Final = 30.0
 TOKEN_ROLES: Final = frozenset({"steward"})
 TOKEN_TENANTS: Final = frozenset({""})
 
-_current: ContextVar[Principal] = ContextVar("cityos_principal", default=ANONYMOUS)
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who the request acts as, and what the policy lets it read in the request's area."""
+
+    principal: Principal
+    reading: Reading
+    #: the policy enforced; None when nothing is (auth off)
+    policy: Policy | None = None
+
+
+#: outside a request, or with auth off (nothing bound): anonymous, and nothing restricted
+_NOBODY: Final = Access(ANONYMOUS, EVERYTHING)
+_current: ContextVar[Access] = ContextVar("cityos_access", default=_NOBODY)
+_UNCHECKED: Final = Decision(True, "access is not enforced")
 
 
 def current() -> Principal:
     """Return the principal of the request being handled (anonymous outside one)."""
-    return _current.get()
+    return _current.get().principal
 
 
-def bind(principal: Principal) -> Token[Principal]:
-    """Make principal the current one; reset with the returned token."""
-    return _current.set(principal)
+def reading() -> Reading:
+    """Return what the request being handled may read of its area (everything with auth off)."""
+    return _current.get().reading
 
 
-def reset(token: Token[Principal]) -> None:
-    """Restore the principal bound before bind returned token."""
+def decide(op: Operation) -> Decision:
+    """Return the enforced policy's decision on op for the current principal (auth off: yes).
+
+    For what an endpoint learns only from the request's body, such as the entity types a new
+    subscription watches.
+    """
+    access = _current.get()
+    if access.policy is None:
+        return _UNCHECKED
+    return access.policy.decide(access.principal, op)
+
+
+def bind(
+    principal: Principal, reading: Reading = EVERYTHING, policy: Policy | None = None
+) -> Token[Access]:
+    """Make principal, its reading and the enforced policy current; reset with the token."""
+    return _current.set(Access(principal, reading, policy))
+
+
+def reset(token: Token[Access]) -> None:
+    """Restore what was bound before bind returned token."""
     _current.reset(token)
 
 

@@ -9,7 +9,7 @@ the tenant exists) and a sentence for the error message.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, get_args
 
 from cityos.broker.model import DEFAULT_VOCAB
@@ -125,22 +125,73 @@ def _allow(reason: str) -> Decision:
     return Decision(True, reason)
 
 
+#: the areas whose public part anyone may read: public entity types, public datasets
+PUBLIC_AREAS: Final = frozenset({"entities", "temporal", "catalog", "datastore"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a caller may read in one area of one tenant: everything, or only its public part.
+
+    Endpoints that cannot know what they will read before reading it (a query without a type,
+    an entity by id, a dataset search) narrow or filter by it; see `Policy.reading`.
+    """
+
+    everything: bool
+    #: the public entity types (short names and IRIs); empty when everything is readable
+    public_types: frozenset[str] = frozenset()
+    #: True when the caller has no credential (a refusal is then 401, not 403)
+    anonymous: bool = False
+
+    def type_readable(self, iri: str) -> bool:
+        """Return True when entities of this type (an expanded IRI) may be read."""
+        return self.everything or iri in self.public_types
+
+    def refuse(self, what: str) -> Decision:
+        """Return the refusal of reading `what` (a phrase: "entities of type Building")."""
+        if self.anonymous:
+            return Decision(False, f"reading {what} needs a credential", 401)
+        return Decision(False, f"this credential may not read {what}", 403)
+
+
+#: what nothing restricts: auth off, or a caller allowed to read the whole area
+EVERYTHING: Final = Reading(everything=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The access rules, with the entity types anyone may read."""
+    """The access rules: the entity types anyone may read, and the tenants where they may."""
 
     public_types: frozenset[str] = field(default_factory=lambda: expand_types(PUBLIC_TYPES))
+    #: tenants whose public data anyone may read ('' is the default tenant); data in any other
+    #: tenant is seen only by that tenant's own credentials
+    public_tenants: frozenset[str] = frozenset({""})
 
     @classmethod
-    def from_setting(cls, text: str | None) -> Policy:
-        """Return the policy whose public-read types are a comma-separated list (None: defaults)."""
-        if text is None:
-            return cls()
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        return cls(public_types=expand_types(names))
+    def from_settings(cls, types: str | None, tenants: str | None) -> Policy:
+        """Return the policy of comma-separated public types and tenants (None: defaults)."""
+        policy = cls()
+        if types is not None:
+            names = [name.strip() for name in types.split(",") if name.strip()]
+            policy = replace(policy, public_types=expand_types(names))
+        if tenants is not None:
+            # "-" names the default tenant, which has no name of its own to write
+            listed = [t.strip() for t in tenants.split(",") if t.strip()]
+            policy = replace(
+                policy, public_tenants=frozenset("" if t == "-" else t for t in listed)
+            )
+        return policy
+
+    def describe(self) -> dict[str, list[str]]:
+        """Return the settings that matter, in a stable order (for the audit log)."""
+        return {
+            "public_types": sorted(t for t in self.public_types if ":" not in t)
+            + sorted(t for t in self.public_types if ":" in t and not _is_default_iri(t)),
+            "public_tenants": sorted(self.public_tenants),
+        }
 
     def is_public(self, op: Operation) -> bool:
-        """Return True when anyone may read what op reads."""
+        """Return True when anyone may read what op reads (in a public tenant)."""
         if op.area in ("catalog", "datastore"):
             return op.visibility != "restricted"
         if op.area in ("entities", "temporal"):
@@ -149,14 +200,41 @@ class Policy:
 
     def decide(self, principal: Principal, op: Operation) -> Decision:
         """Return whether principal may perform op, and if not what to answer."""
-        if op.action == "read" and self.is_public(op):
-            # public data is public in every tenant: a key never sees less than nobody does
+        if (
+            op.action == "read"
+            and self.is_public(op)
+            and (op.tenant in self.public_tenants or principal.in_tenant(op.tenant))
+        ):
+            # public data is public to everyone where the tenant is public, and to a tenant's
+            # own credentials whatever their scopes: a key never sees less than nobody does
             return _allow("public data")
+        return self._granted(principal, op)
+
+    def reading(self, principal: Principal, area: Area, tenant: str) -> Reading | Decision:
+        """Return what principal may read in area of tenant, or the refusal of any reading."""
+        granted = self._granted(principal, Operation("read", area, tenant))
+        if granted.allowed:
+            return EVERYTHING
+        if area in PUBLIC_AREAS and (tenant in self.public_tenants or principal.in_tenant(tenant)):
+            return Reading(
+                everything=False,
+                public_types=self.public_types,
+                anonymous=principal.kind == "anonymous",
+            )
+        return granted
+
+    def _granted(self, principal: Principal, op: Operation) -> Decision:
+        """Return whether principal's roles, tenants and scopes allow op (public data aside)."""
         if principal.kind == "anonymous":
             if op.action != "read":
                 return Decision(False, f"{op.action} on {op.area} needs a credential", 401)
             return Decision(False, f"reading {_what(op)} needs a credential", 401)
         if not principal.in_tenant(op.tenant):
+            if op.tenant in self.public_tenants:
+                # a public tenant's existence is no secret: say what is wrong
+                return Decision(
+                    False, f"this credential does not belong to tenant {op.tenant!r}", 403
+                )
             return Decision(False, f"tenant {op.tenant!r} does not exist", 404)
         if not principal.has_scope(op.action, op.area):
             return Decision(
@@ -169,6 +247,10 @@ class Policy:
                 return _allow(f"role {role}")
         roles = ", ".join(sorted(principal.roles)) or "no role"
         return Decision(False, f"{roles} may not {op.action} {op.area}", 403)
+
+
+def _is_default_iri(name: str) -> bool:
+    return name.startswith(DEFAULT_VOCAB)
 
 
 def _what(op: Operation) -> str:

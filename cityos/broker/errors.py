@@ -110,6 +110,22 @@ class InternalError(NgsiError):
     title = "Internal error"
 
 
+class Unauthorized(NgsiError):
+    """The request needs a credential (the access policy's 401)."""
+
+    kind = "Unauthorized"
+    status = 401
+    title = "A credential is needed"
+
+
+class Forbidden(NgsiError):
+    """The credential lacks the right (the access policy's 403)."""
+
+    kind = "Forbidden"
+    status = 403
+    title = "The credential lacks the right"
+
+
 class NonexistentTenant(NgsiError):
     kind = "NonexistentTenant"
     status = 404

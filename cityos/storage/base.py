@@ -133,8 +133,10 @@ class Storage(abc.ABC):
         """Return every entity type with its attributes."""
 
     @abc.abstractmethod
-    async def attributes(self, tenant: str) -> list[AttributeInfo]:
-        """Return every attribute name with the types that use it."""
+    async def attributes(
+        self, tenant: str, types: frozenset[str] | None = None
+    ) -> list[AttributeInfo]:
+        """Return every attribute name with the types that use it (of entities of `types`)."""
 
     @abc.abstractmethod
     async def kv_get(self, namespace: str, key: str) -> bytes | None:

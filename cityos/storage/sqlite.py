@@ -392,22 +392,32 @@ class SqliteStorage(Storage):
         result: list[TypeInfo] = await self._read(run)
         return result
 
-    async def attributes(self, tenant: str) -> list[AttributeInfo]:
+    async def attributes(
+        self, tenant: str, types: frozenset[str] | None = None
+    ) -> list[AttributeInfo]:
+        only, only_params = "", []
+        if types is not None:
+            marks = ",".join("?" * len(types))
+            only = (
+                f" AND x.rid IN (SELECT rid FROM entity_types WHERE tenant=? AND type IN ({marks}))"
+            )
+            only_params = [tenant, *sorted(types)]
+
         def run(conn: sqlite3.Connection) -> list[AttributeInfo]:
             out: dict[str, AttributeInfo] = {}
             for a, n in conn.execute(
                 "SELECT x.attr, count(DISTINCT x.rid) FROM entity_attrs x JOIN entities e "
-                "ON e.rid=x.rid WHERE e.tenant=? GROUP BY x.attr ORDER BY x.attr",
-                (tenant,),
+                f"ON e.rid=x.rid WHERE e.tenant=?{only} GROUP BY x.attr ORDER BY x.attr",
+                (tenant, *only_params),
             ):
                 out[a] = AttributeInfo(a, n, set(), set())
             for a, at, t in conn.execute(
                 "SELECT DISTINCT x.attr, x.atype, t.type FROM entity_attrs x "
-                "JOIN entity_types t ON t.rid=x.rid WHERE t.tenant=?",
-                (tenant,),
+                f"JOIN entity_types t ON t.rid=x.rid WHERE t.tenant=?{only}",
+                (tenant, *only_params),
             ):
                 info = out.get(a)
-                if info is not None:
+                if info is not None and (types is None or t in types):
                     info.types.add(t)
                     info.attribute_types.add(at)
             return list(out.values())

@@ -7,11 +7,14 @@ import pytest
 from cityos.auth.policy import (
     ANONYMOUS,
     AREAS,
+    EVERYTHING,
     Action,
     Area,
+    Decision,
     Operation,
     Policy,
     Principal,
+    Reading,
 )
 
 V = "https://uri.etsi.org/ngsi-ld/default-context/"
@@ -83,10 +86,14 @@ def test_the_grid_covers_every_area() -> None:
 @pytest.mark.parametrize(("who", "area", "letter", "tenant"), CASES)
 def test_roles_by_operations_by_tenants(who: str, area: Area, letter: str, tenant: str) -> None:
     decision = POLICY.decide(PRINCIPALS[who], operation(ACTION_LETTERS[letter], area, tenant))
-    if tenant != "sano":
+    if tenant == "ashikaga":
         # another tenant's things are answered exactly as missing ones: no hint it exists
         assert (decision.allowed, decision.status, decision.hide) == (False, 404, True)
         assert decision.reason == f"tenant {tenant!r} does not exist"
+    elif tenant == "":
+        # the default tenant is public (its safety data is open): no secret that it exists
+        assert (decision.allowed, decision.status) == (False, 403)
+        assert decision.reason == "this credential does not belong to tenant ''"
     elif letter in grid()[(who, area)]:
         assert (decision.allowed, decision.status) == (True, 200)
     else:
@@ -140,12 +147,21 @@ def test_an_app_never_manages_keys_audit_portal_or_demo_whatever_its_scopes() ->
     ],
 )
 @pytest.mark.parametrize("area", ["entities", "temporal"])
-def test_anyone_reads_public_safety_types_in_any_tenant(types: tuple[str, ...], area: Area) -> None:
-    for tenant in ("", "sano"):
-        op = Operation("read", area, tenant, entity_types=types)
-        assert POLICY.decide(ANONYMOUS, op).allowed
-        # a key of another tenant sees no less than nobody does
-        assert POLICY.decide(PRINCIPALS["app_read"], op).allowed
+def test_anyone_reads_public_safety_types_in_public_tenants(
+    types: tuple[str, ...], area: Area
+) -> None:
+    public = Operation("read", area, "", entity_types=types)
+    assert POLICY.decide(ANONYMOUS, public).allowed
+    # a key of another tenant sees no less than nobody does
+    assert POLICY.decide(PRINCIPALS["app_read"], public).allowed
+    # in a tenant that is not public only its own credentials read, whatever their scopes
+    closed = Operation("read", area, "sano", entity_types=types)
+    assert POLICY.decide(ANONYMOUS, closed).status == 401
+    assert POLICY.decide(PRINCIPALS["app_read"], closed).allowed
+    iot_only = Principal("key", "k", frozenset({"app"}), frozenset({"sano"}), frozenset({"iot:*"}))
+    assert POLICY.decide(iot_only, closed).allowed
+    outsider = Principal("key", "k", frozenset({"admin"}), frozenset({"ashikaga"}))
+    assert POLICY.decide(outsider, closed).status == 404
 
 
 @pytest.mark.parametrize(
@@ -196,7 +212,7 @@ def test_anyone_reads_public_datasets_and_searches_the_catalog() -> None:
 
 
 def test_public_types_are_configurable() -> None:
-    policy = Policy.from_setting("WaterObserved, Building,")
+    policy = Policy.from_settings("WaterObserved, Building,", None)
     assert policy.decide(
         ANONYMOUS, Operation("read", "entities", entity_types=("Building",))
     ).allowed
@@ -206,8 +222,75 @@ def test_public_types_are_configurable() -> None:
     assert not policy.decide(
         ANONYMOUS, Operation("read", "entities", entity_types=("Alert",))
     ).allowed
-    nothing = Policy.from_setting("")
+    nothing = Policy.from_settings("", None)
     assert not nothing.decide(
         ANONYMOUS, Operation("read", "entities", entity_types=("WaterObserved",))
     ).allowed
-    assert Policy.from_setting(None) == Policy()
+    assert Policy.from_settings(None, None) == Policy()
+
+
+# -- what a caller may read of an area ----------------------------------------------------------
+
+
+def test_reading_everything_needs_the_read_right_in_the_tenant() -> None:
+    assert POLICY.reading(PRINCIPALS["steward"], "entities", "sano") is EVERYTHING
+    assert POLICY.reading(PRINCIPALS["app_read"], "entities", "sano") is EVERYTHING
+    assert POLICY.reading(PRINCIPALS["admin"], "catalog", "sano") is EVERYTHING
+
+
+@pytest.mark.parametrize("area", ["entities", "temporal", "catalog", "datastore"])
+def test_without_the_right_only_the_public_part_is_readable(area: Area) -> None:
+    anonymous = POLICY.reading(ANONYMOUS, area, "")
+    assert isinstance(anonymous, Reading)
+    assert not anonymous.everything
+    assert anonymous.type_readable(V + "WaterObserved")
+    assert not anonymous.type_readable(V + "Building")
+    assert anonymous.refuse("entities of type Building") == Decision(
+        False, "reading entities of type Building needs a credential", 401
+    )
+    # an operator reads entities, not the catalog; a key of another tenant only public things
+    for who in ("operator", "app_read"):
+        reading = POLICY.reading(PRINCIPALS[who], area, "")
+        assert isinstance(reading, Reading)
+        assert not reading.everything
+        assert reading.refuse("x").status == 403
+
+
+@pytest.mark.parametrize("area", ["subscriptions", "iot", "portal_admin", "keys", "audit"])
+def test_areas_without_a_public_part_refuse_reading(area: Area) -> None:
+    assert POLICY.reading(ANONYMOUS, area, "") == Decision(
+        False, f"reading {area} needs a credential", 401
+    )
+    refused = POLICY.reading(PRINCIPALS["app_read"], area, "sano")
+    assert isinstance(refused, Decision)
+    assert refused.status == 403
+
+
+def test_a_closed_tenant_is_hidden_from_outsiders_and_refused_to_anonymous() -> None:
+    outsider = Principal("key", "k", frozenset({"admin"}), frozenset({"ashikaga"}))
+    for area in ("entities", "catalog", "subscriptions"):
+        hidden = POLICY.reading(outsider, area, "sano")
+        assert isinstance(hidden, Decision)
+        assert (hidden.status, hidden.reason) == (404, "tenant 'sano' does not exist")
+        refused = POLICY.reading(ANONYMOUS, area, "sano")
+        assert isinstance(refused, Decision)
+        assert refused.status == 401
+
+
+def test_public_tenants_are_configurable() -> None:
+    policy = Policy.from_settings(None, "sano, -")
+    assert policy.public_tenants == frozenset({"sano", ""})
+    assert isinstance(policy.reading(ANONYMOUS, "entities", "sano"), Reading)
+    closed = Policy.from_settings(None, "")
+    assert closed.public_tenants == frozenset()
+    assert isinstance(closed.reading(ANONYMOUS, "entities", ""), Decision)
+    assert closed.describe() == {
+        "public_types": [
+            "Alert",
+            "EvacuationShelter",
+            "PointOfInterest",
+            "WaterObserved",
+            "WeatherObserved",
+        ],
+        "public_tenants": [],
+    }

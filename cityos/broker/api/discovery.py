@@ -7,6 +7,7 @@ import hashlib
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cityos.broker import visibility
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, begin, json_response, require_tenant
 from cityos.broker.errors import ResourceNotFound
@@ -29,7 +30,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         details = params.flag(request.query_params, "details")
         call = await begin(broker, request)
         await require_tenant(broker, call.tenant)
-        infos = await broker.store.types(call.tenant)
+        infos = visibility.readable_types(await broker.store.types(call.tenant))
         c = call.ctx.compact_iri
         if details:
             return json_response(
@@ -57,7 +58,8 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         check_name(name, "type")
         iri = call.ctx.expand_term(name)
         await require_tenant(broker, call.tenant)
-        info = next((i for i in await broker.store.types(call.tenant) if i.type == iri), None)
+        types = visibility.readable_types(await broker.store.types(call.tenant))
+        info = next((i for i in types if i.type == iri), None)
         if info is None:
             raise ResourceNotFound(f"no entity of type {name!r} exists")
         c = call.ctx.compact_iri
@@ -85,7 +87,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         details = params.flag(request.query_params, "details")
         call = await begin(broker, request)
         await require_tenant(broker, call.tenant)
-        infos = await broker.store.attributes(call.tenant)
+        infos = await broker.store.attributes(call.tenant, visibility.type_filter())
         c = call.ctx.compact_iri
         if details:
             return json_response(
@@ -117,7 +119,8 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         check_name(name, "attrId")
         iri = call.ctx.expand_term(name)
         await require_tenant(broker, call.tenant)
-        info = next((i for i in await broker.store.attributes(call.tenant) if i.name == iri), None)
+        attrs = await broker.store.attributes(call.tenant, visibility.type_filter())
+        info = next((i for i in attrs if i.name == iri), None)
         if info is None:
             raise ResourceNotFound(f"no entity has an attribute {name!r}")
         c = call.ctx.compact_iri

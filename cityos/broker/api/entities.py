@@ -7,7 +7,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cityos.broker import clock
+from cityos.broker import clock, visibility
 from cityos.broker.api import params
 from cityos.broker.api.common import (
     Broker,
@@ -59,7 +59,8 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         opts = params.render_options(qp, call.ctx, query=False)
         await require_tenant(broker, call.tenant)
         doc = await broker.store.get(call.tenant, entity_id)
-        if doc is None:
+        if doc is None or not visibility.readable(doc):
+            # one the caller may not see is missing to it: no hint that it exists
             raise not_found(entity_id)
         if call.accept == media.GEO_JSON:
             body = render_geojson_feature(

@@ -9,6 +9,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cityos.broker import visibility
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, Call, begin, json_response, no_content, require_tenant
 from cityos.broker.errors import BadRequestData, OperationNotSupported
@@ -148,7 +149,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         qp = request.query_params
         params.check_known(qp, params.QUERY_PARAMS)
         call = await begin(broker, request, offered=(media.JSON, media.LD_JSON, media.GEO_JSON))
-        query = params.entity_query(qp, call.ctx)
+        query = visibility.narrow(params.entity_query(qp, call.ctx))
         opts = params.render_options(qp, call.ctx, query=True)
         return await _run(broker, request, call, query, opts)
 
@@ -160,7 +161,9 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         )
         merged = query_from_body(call.body, qp)
         merged.update(_limits(qp))
-        query = params.entity_query({k: v for k, v in merged.items() if v is not None}, call.ctx)
+        query = visibility.narrow(
+            params.entity_query({k: v for k, v in merged.items() if v is not None}, call.ctx)
+        )
         render_qp = QueryParams(
             {k: v for k, v in merged.items() if k in params.RENDER_PARAMS and isinstance(v, str)}
         )

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cityos.broker import clock
+from cityos.broker import clock, visibility
 from cityos.broker import subscriptions as model
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, begin, created, json_response, no_content
@@ -101,6 +101,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         params.check_known(request.query_params, ())
         call = await begin(broker, request, body=True)
         doc, jsonld_context = model.validate(call.body, call.ctx, clock.now())
+        visibility.check_watch(call.tenant, doc.get("entities"))
         ctx = await broker.loader.resolve(jsonld_context) if jsonld_context else call.ctx
         if not await subs.insert(model.Live.build(call.tenant, doc, ctx)):
             raise AlreadyExists(f"subscription {doc['id']!r} already exists")
@@ -146,6 +147,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         if found is None:
             raise _not_found(sub_id)
         doc, jsonld_context = model.validate(call.body, call.ctx, clock.now(), old=found[0])
+        visibility.check_watch(call.tenant, doc.get("entities"))
         current = subs.registry.get(call.tenant, sub_id)
         if jsonld_context:
             ctx = await broker.loader.resolve(jsonld_context)

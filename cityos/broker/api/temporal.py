@@ -16,7 +16,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cityos.broker import clock
+from cityos.broker import clock, visibility
 from cityos.broker import temporal as tp
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, Call, begin, created, json_response, no_content
@@ -144,7 +144,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         return json_response(call, bodies, status, headers)
 
     async def selection(call: Call, qp: Any) -> HistorySelection:
-        query = params.entity_query(qp, call.ctx)
+        query = visibility.narrow(params.entity_query(qp, call.ctx))
         only = None
         if query.q is not None or query.scope_q is not None or query.geo is not None:
             only = await current_ids(call.tenant, replace(query, attrs=frozenset()))
@@ -193,7 +193,9 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         params.check_known(qp, RETRIEVE_PARAMS)
         call = await begin(broker, request)
         entity_id = _entity_id(request)
-        sel = HistorySelection(ids=(entity_id,), limit=1)
+        # a restricted reader's selection names the public types: another entity is missing
+        narrowed = visibility.narrow(EntityQuery(ids=(entity_id,)))
+        sel = HistorySelection(ids=(entity_id,), types=narrowed.types, limit=1)
         return await answer(request, call, qp, sel, entity_id)
 
     async def create_entity(request: Request) -> Response:

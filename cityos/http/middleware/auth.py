@@ -2,8 +2,10 @@
 
 With CITYOS_AUTH=on a presented key or catalog token is looked up (an invalid one gets 401),
 requests are rate-limited (per key prefix, or per client address without a key: 429 with
-Retry-After), and every write asks `Policy.decide` with the area `areas.area_of` gives its
-path. With auth on and off alike, every write is appended to the audit log once answered.
+Retry-After), every write asks `Policy.decide` with the area `areas.area_of` gives its path,
+and every request asks `Policy.reading` what it may read there: a refusal is answered here,
+anything else is bound (`context.reading()`) for the endpoints that filter what they return.
+With auth on and off alike, every write is appended to the audit log once answered.
 One middleware does all four because each needs what the one before it found.
 """
 
@@ -21,7 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cityos.auth import areas, context
 from cityos.auth.audit import AuditError, Entry, Outcome
 from cityos.auth.context import Found, Identity
-from cityos.auth.policy import Operation, Policy, Principal
+from cityos.auth.policy import (
+    EVERYTHING,
+    Action,
+    Area,
+    Decision,
+    Operation,
+    Policy,
+    Principal,
+    Reading,
+)
 from cityos.auth.ratelimit import Limit, RateLimiter
 from cityos.broker.errors import NgsiError
 from cityos.http.media import PROBLEM
@@ -148,6 +159,7 @@ class AuthMiddleware:
         found = await self._identify(authorization, api_key)
         principal = found.principal
         refusal: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
+        reading = EVERYTHING
         if self.enforce:
             refusal = self._limit(scope, found)
             if refusal is None and not found.valid:
@@ -156,10 +168,15 @@ class AuthMiddleware:
                     "the API key or token is not valid (unknown, revoked or expired)",
                     [],
                 )
-            if refusal is None and action == "write" and area is not None:
-                decision = self.policy.decide(principal, Operation("write", area, tenant))
-                if not decision.allowed:
-                    refusal = (decision.status, decision.reason, [])
+            if refusal is None and area is not None:
+                granted = self._grant(principal, action, area, tenant)
+                if isinstance(granted, Decision):
+                    refusal = (granted.status, granted.reason, [])
+                else:
+                    reading = granted
+            elif refusal is None:
+                # a path outside every area (/catalog.ttl, south-bound IoT) shows public data
+                reading = self._public(principal)
         audited = action == "write" and area is not None
         if refusal is not None:
             status, message, extra = refusal
@@ -170,7 +187,7 @@ class AuthMiddleware:
         if found.key_id is not None:
             await self.identity.touch(found.key_id)
         status = 500
-        token = context.bind(principal)
+        token = context.bind(principal, reading, self.policy if self.enforce else None)
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -220,6 +237,30 @@ class AuthMiddleware:
         task: asyncio.Future[object] = asyncio.ensure_future(self.audit.append(entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _grant(
+        self, principal: Principal, action: Action, area: Area, tenant: str
+    ) -> Reading | Decision:
+        """Return what the request may read once it runs, or the decision refusing it."""
+        if action == "write":
+            decision = self.policy.decide(principal, Operation("write", area, tenant))
+            if not decision.allowed:
+                return decision
+        reading = self.policy.reading(principal, area, tenant)
+        if isinstance(reading, Reading):
+            return reading
+        if action == "write":
+            # may write here but not read the area (an app with iot:write only): what its
+            # write answers may show is the public part
+            return self._public(principal)
+        return reading
+
+    def _public(self, principal: Principal) -> Reading:
+        return Reading(
+            everything=False,
+            public_types=self.policy.public_types,
+            anonymous=principal.kind == "anonymous",
+        )
 
     async def drain(self) -> None:
         """Wait for the audit records still being written."""
