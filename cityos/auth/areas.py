@@ -38,6 +38,11 @@ AREAS: Final[tuple[tuple[str, Area | None], ...]] = (
     ("/catalog", "catalog"),
     ("/datastore/dump", "datastore"),
 )
+#: areas with one instance per installation: the catalog, the portal, keys, the audit log and
+#: the demo belong to the default tenant whatever tenant header a request carries
+SINGLE_TENANT: Final[frozenset[str]] = frozenset(
+    {"catalog", "datastore", "portal_admin", "keys", "audit", "demo"}
+)
 #: POST paths that read (a query too long for a URL)
 QUERY_POSTS: Final = frozenset(
     {"/ngsi-ld/v1/entityOperations/query", "/ngsi-ld/v1/temporal/entityOperations/query"}

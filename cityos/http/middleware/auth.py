@@ -155,7 +155,8 @@ class AuthMiddleware:
                 tenant_header = value.decode("latin-1")
             elif name == b"fiware-service":
                 service = value.decode("latin-1")
-        tenant = tenant_header or service or ""
+        # the catalog and the portal are the installation's: their tenant is the default one
+        tenant = "" if area in areas.SINGLE_TENANT else (tenant_header or service or "")
         found = await self._identify(authorization, api_key)
         principal = found.principal
         refusal: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
