@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> ASGIApp:
         key_limit=Limit.parse(settings.key_rate_limit),
     )
     broker.on_stop.append(guard.drain)  # the last audit records, before storage closes
+    broker.on_start.append(guard.announce)  # after audit.setup: the policy in force
     app = ErrorMiddleware(app)
     # CORS outside auth: a browser's preflight carries no key
     app = CorsMiddleware(app, origins=settings.cors_origins)

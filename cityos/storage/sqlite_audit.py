@@ -141,6 +141,24 @@ class AuditStore:
         result: list[Record] = await self._store.read(run)
         return result
 
+    async def last(self, action: str) -> Record | None:
+        """Return the latest record of an action (e.g. the policy in force), or None."""
+
+        def run(conn: sqlite3.Connection) -> Record | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+                (action,),
+            ).fetchone()
+            if row is None:
+                return None
+            item = _row(row)
+            if isinstance(item, Unreadable):
+                raise AuditError(f"record {item.seq} cannot be read: {item.reason}")
+            return item
+
+        result: Record | None = await self._store.read(run)
+        return result
+
     async def head(self) -> Head:
         """Return the stored head: the latest record's seq and hash."""
 

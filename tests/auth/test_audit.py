@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_client
 
 from cityos.auth.audit import (
     GENESIS,
@@ -485,3 +486,22 @@ def test_cli_exports_a_log_longer_than_one_page(tmp_path: Path) -> None:
     seqs = [json.loads(line)["seq"] for line in result.stdout.splitlines()]
     assert seqs == list(range(2, 2501))
     assert "exported 2499 records (2..2500)" in result.stderr
+
+
+def test_the_policy_in_force_is_recorded_once_per_change(tmp_path: Path) -> None:
+    def policy_records(**overrides: Any) -> list[Record]:
+        with make_client(tmp_path, auth="on", **overrides) as client:
+            assert client.portal is not None
+            found: list[Record] = client.portal.call(client.app.audit.records)  # type: ignore[attr-defined]
+        return [r for r in found if r.action == "policy.change"]
+
+    first = policy_records()
+    assert len(first) == 1
+    assert first[0].actor == "system"
+    assert first[0].detail["auth"] == "on"
+    assert first[0].detail["public_tenants"] == [""]
+    assert "WaterObserved" in first[0].detail["public_types"]
+    assert len(policy_records()) == 1  # a restart with the same settings changes nothing
+    changed = policy_records(public_types="WaterObserved")
+    assert len(changed) == 2
+    assert changed[-1].detail["public_types"] == ["WaterObserved"]

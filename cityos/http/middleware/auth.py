@@ -263,6 +263,21 @@ class AuthMiddleware:
             anonymous=principal.kind == "anonymous",
         )
 
+    async def announce(self, **settings: object) -> None:
+        """Append `policy.change` when the policy in force differs from the last one recorded.
+
+        The policy is configuration: a restart with other settings is a policy change, and
+        the audit log is where anyone checking the city's access rules finds it.
+        """
+        detail = {"auth": "on" if self.enforce else "off", **self.policy.describe(), **settings}
+        last = await self.audit.last("policy.change")
+        if last is not None and dict(last.detail) == detail:
+            return
+        await self.audit.append(
+            Entry(actor="system", action="policy.change", target="access policy", detail=detail)
+        )
+        log.info("access policy recorded in the audit log: %s", detail)
+
     async def drain(self) -> None:
         """Wait for the audit records still being written."""
         while self._pending:
