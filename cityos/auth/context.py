@@ -1,9 +1,10 @@
 """Who the current request acts as: its credential, found once and kept in a contextvar.
 
 `Identity.identify` turns a presented key (`cok_...`) or catalog token into a `Principal`. Keys
-found in the store are cached for `ttl` seconds, so a busy app costs no read per request; a
-revocation through `Identity.revoke` (this process) drops the key at once, one made by
-`cityos keys revoke` in another process takes effect here within `ttl` seconds.
+and tokens found in the store are cached for `ttl` seconds, so a busy app costs no read per
+request; a revocation through `Identity.revoke` (this process) drops the key at once, one made
+by `cityos keys revoke` or `cityos token revoke` in another process takes effect here within
+`ttl` seconds.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class Identity:
         self._clock = clock
         #: sha256 of a key -> (its credential, until when it is trusted, what it identifies)
         self._cache: dict[str, tuple[Credential, float, Found]] = {}
+        #: sha256 of a catalog token -> (until when it is trusted, what it identifies)
+        self._tokens: dict[str, tuple[float, Found]] = {}
 
     async def identify(self, credential: str | None) -> Found:
         """Return the principal of a presented credential (None: anonymous)."""
@@ -129,12 +132,25 @@ class Identity:
             return Found(ANONYMOUS)
         if credential.startswith(keys.MARK):
             return await self._key(credential)
-        user = await self._token_user(credential) if self._token_user else None
+        return await self._token(credential)
+
+    async def _token(self, token: str) -> Found:
+        now = self._clock()
+        digest = keys.digest(token)
+        hit = self._tokens.get(digest)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        user = await self._token_user(token) if self._token_user else None
         if user is None:
+            self._tokens.pop(digest, None)
             return Found(ANONYMOUS, valid=False)
-        return Found(
+        found = Found(
             Principal("token", id=f"token:{user}", roles=TOKEN_ROLES, tenants=TOKEN_TENANTS)
         )
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[digest] = (now + self._ttl, found)
+        return found
 
     async def _key(self, plaintext: str) -> Found:
         now = self._clock()

@@ -323,3 +323,35 @@ def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(tmp_path: Path) 
             await store.close()
 
     assert asyncio.run(run()) == [True, True, False]
+
+
+def test_catalog_tokens_are_cached_like_keys(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    valid = {"tok-tanaka": "tanaka"}
+    asked: list[str] = []
+
+    async def token_user(token: str) -> str | None:
+        asked.append(token)
+        return valid.get(token)
+
+    async def run() -> list[tuple[bool, str]]:
+        store = SqliteStorage(tmp_path / "cityos.db")
+        await store.start()
+        try:
+            keys = AuthStore(store)
+            await keys.setup()
+            identity = Identity(keys, token_user=token_user, ttl=30, clock=lambda: now[0])
+            seen = []
+            for _ in range(3):
+                found = await identity.identify("tok-tanaka")
+                seen.append((found.valid, found.principal.id))
+            del valid["tok-tanaka"]  # revoked by `cityos token revoke` elsewhere
+            now[0] += 31
+            found = await identity.identify("tok-tanaka")
+            seen.append((found.valid, found.principal.id))
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [(True, "token:tanaka")] * 3 + [(False, "")]
+    assert asked == ["tok-tanaka", "tok-tanaka"]  # once, then once more after the ttl
