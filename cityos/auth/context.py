@@ -62,16 +62,17 @@ def reading() -> Reading:
     return _current.get().reading
 
 
-def decide(op: Operation) -> Decision:
+def decide(op: Operation, *, for_anyone: bool = False) -> Decision:
     """Return the enforced policy's decision on op for the current principal (auth off: yes).
 
     For what an endpoint learns only from the request's body, such as the entity types a new
-    subscription watches.
+    subscription watches. With for_anyone, decide for a caller without a credential instead
+    (whether something may be published).
     """
     access = _current.get()
     if access.policy is None:
         return _UNCHECKED
-    return access.policy.decide(access.principal, op)
+    return access.policy.decide(ANONYMOUS if for_anyone else access.principal, op)
 
 
 def bind(

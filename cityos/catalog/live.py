@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from cityos.auth import context
+from cityos.auth.policy import Operation
 from cityos.broker.api.params import entity_query
 from cityos.broker.errors import NgsiError
 from cityos.broker.render import RenderOptions, render_entity
-from cityos.catalog import registry
-from cityos.catalog.errors import CkanError, NotFound, ValidationError
+from cityos.catalog import registry, validate
+from cityos.catalog.errors import CkanError, NotAuthorized, NotFound, ValidationError
 from cityos.catalog.registry import Context
 from cityos.storage.base import Change, EntityQuery
 from cityos.storage.sqlite_live import LiveDefinition, LiveStore
@@ -78,6 +80,26 @@ def parse_query(raw: str, ctx: ActiveContext) -> tuple[dict[str, str], frozenset
         raise ValidationError({"query": [exc.detail]}) from None
     names = [n for n in _type_names(params["type"]) if n]
     return params, frozenset(ctx.expand_term(n) for n in names)
+
+
+def _check_publication(tenant: str, types: frozenset[str], private: bool) -> None:
+    """Refuse a live dataset showing entities its definer, or its readers, may not read."""
+    op = Operation("read", "entities", tenant, entity_types=tuple(sorted(types)))
+    mine = context.decide(op)
+    if not mine.allowed:
+        raise NotAuthorized(
+            f"a live dataset cannot show what its definer may not read: {mine.reason}"
+        )
+    if not private and not context.decide(op, for_anyone=True).allowed:
+        raise ValidationError(
+            {
+                "private": [
+                    "a public live dataset may only show entity types anyone may read in a "
+                    "public tenant (CITYOS_PUBLIC_TYPES, CITYOS_PUBLIC_TENANTS); "
+                    "make it private or choose public types"
+                ]
+            }
+        )
 
 
 def _type_names(selection: str) -> Iterable[str]:
@@ -245,6 +267,8 @@ class LiveDatasets:
             existing = await registry.call(ctx, "package_show", {"id": name})
         except NotFound:
             existing = None
+        private = fields.get("private", existing.get("private") if existing else False)
+        _check_publication(tenant, types, validate.as_bool(private, "private"))
         if existing is None:
             package = await registry.call(ctx, "package_create", fields)
         else:

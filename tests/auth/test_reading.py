@@ -304,3 +304,24 @@ def test_a_catalog_write_sent_as_a_get_is_checked_and_audited(client: TestClient
         "denied",
         "/api/3/action/package_create",
     )
+
+
+def test_a_live_dataset_publishes_only_what_its_readers_may_read(
+    client: TestClient, steward: str
+) -> None:
+    live = "/api/3/action/cityos_live_dataset_create"
+
+    def define(name: str, query: str, **extra: Any) -> Any:
+        body = {"name": name, "query": query, **extra}
+        return client.post(live, json=body, headers=auth(steward))
+
+    r = define("residents", "type=Person")
+    assert r.status_code == 409
+    assert "public live dataset" in r.json()["error"]["private"][0]
+    assert client.get("/api/3/action/package_show", params={"id": "residents"}).status_code == 404
+    assert define("residents", "type=Person", private=True).status_code == 200
+    assert define("gauges", "type=WaterObserved").status_code == 200
+    # nor another tenant's entities, which the steward cannot read
+    r = define("elsewhere", "type=WaterObserved", tenant="ashikaga", private=True)
+    assert r.status_code == 403
+    assert "may not read" in r.json()["error"]["message"]
