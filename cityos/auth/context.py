@@ -82,6 +82,11 @@ def bind(
     return _current.set(Access(principal, reading, policy))
 
 
+def bind_access(access: Access) -> Token[Access]:
+    """Make access the current one; reset with the returned token."""
+    return _current.set(access)
+
+
 def reset(token: Token[Access]) -> None:
     """Restore what was bound before bind returned token."""
     _current.reset(token)

@@ -125,6 +125,10 @@ class AuthMiddleware:
         self.by_address = RateLimiter(anonymous_limit, clock=clock)
         self.by_key = RateLimiter(key_limit, clock=clock)
         self._pending: set[asyncio.Future[object]] = set()
+        #: (id of a principal, action, area, tenant) -> (the principal, its access or refusal)
+        self._memo: dict[
+            tuple[int, str, str | None, str], tuple[Principal, context.Access | Decision]
+        ] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,7 +164,7 @@ class AuthMiddleware:
         found = await self._identify(authorization, api_key)
         principal = found.principal
         refusal: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
-        reading = EVERYTHING
+        access: context.Access
         if self.enforce:
             refusal = self._limit(scope, found)
             if refusal is None and not found.valid:
@@ -169,15 +173,14 @@ class AuthMiddleware:
                     "the API key or token is not valid (unknown, revoked or expired)",
                     [],
                 )
-            if refusal is None and area is not None:
-                granted = self._grant(principal, action, area, tenant)
+            if refusal is None:
+                granted = self._granted(principal, action, area, tenant)
                 if isinstance(granted, Decision):
                     refusal = (granted.status, granted.reason, [])
                 else:
-                    reading = granted
-            elif refusal is None:
-                # a path outside every area (/catalog.ttl, south-bound IoT) shows public data
-                reading = self._public(principal)
+                    access = granted
+        else:
+            access = context.Access(principal, EVERYTHING)
         audited = action == "write" and area is not None
         if refusal is not None:
             status, message, extra = refusal
@@ -187,8 +190,14 @@ class AuthMiddleware:
             return
         if found.key_id is not None:
             await self.identity.touch(found.key_id)
+        token = context.bind_access(access)
+        if not audited:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                context.reset(token)
+            return
         status = 500
-        token = context.bind(principal, reading, self.policy if self.enforce else None)
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -203,8 +212,7 @@ class AuthMiddleware:
             raise
         finally:
             context.reset(token)
-            if audited:
-                self._audit(principal, area, method, path, tenant, status, denied=False)
+            self._audit(principal, area, method, path, tenant, status, denied=False)
 
     def _audit(
         self,
@@ -238,6 +246,35 @@ class AuthMiddleware:
         task: asyncio.Future[object] = asyncio.ensure_future(self.audit.append(entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _granted(
+        self, principal: Principal, action: Action, area: Area | None, tenant: str
+    ) -> context.Access | Decision:
+        """Return the access a request runs with, or the decision refusing it (memoized).
+
+        A key's principal is one object while its key is cached, so the policy is asked once
+        per key, area and tenant rather than once per request.
+        """
+        memo = (id(principal), action, area, tenant)
+        hit = self._memo.get(memo)
+        if hit is not None and hit[0] is principal:
+            return hit[1]
+        if area is None:
+            # a path outside every area (/catalog.ttl, south-bound IoT) shows public data
+            answer: context.Access | Decision = context.Access(
+                principal, self._public(principal), self.policy
+            )
+        else:
+            granted = self._grant(principal, action, area, tenant)
+            answer = (
+                granted
+                if isinstance(granted, Decision)
+                else context.Access(principal, granted, self.policy)
+            )
+        if len(self._memo) > 10_000:
+            self._memo.clear()
+        self._memo[memo] = (principal, answer)
+        return answer
 
     def _grant(
         self, principal: Principal, action: Action, area: Area, tenant: str
