@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from cityos.auth.oidc import OidcConfig, OidcConfigError
+
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_CATALOG_TITLE = "オープンデータカタログ"
 #: anonymous requests per client address, and requests per API key (ratelimit.Limit format)
@@ -52,6 +54,7 @@ class Settings:
     # the policy's defaults, the public safety types in the default tenant)
     public_types: str | None = None
     public_tenants: str | None = None
+    oidc: OidcConfig | None = None  # the city's identity provider (CITYOS_OIDC_*); None: off
 
     @property
     def loopback(self) -> bool:
@@ -135,6 +138,13 @@ def _names(env: dict[str, str], name: str, pattern: re.Pattern[str]) -> str | No
         if item and not pattern.fullmatch(item):
             raise SettingsError(f"{name}: {item!r} is not a valid name")
     return raw
+
+
+def _oidc(env: dict[str, str]) -> OidcConfig | None:
+    try:
+        return OidcConfig.from_env(env)
+    except OidcConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _origins(env: dict[str, str]) -> tuple[str, ...]:
@@ -237,6 +247,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         cors_origins=_origins(e),
         public_types=_names(e, "CITYOS_PUBLIC_TYPES", _TYPE_NAME),
         public_tenants=_names(e, "CITYOS_PUBLIC_TENANTS", _TENANT_NAME),
+        oidc=_oidc(e),
     )
     _ = s.mqtt  # validate the MQTT URL early
     _ = s.sqlite_path  # validate the URL scheme early

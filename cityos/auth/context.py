@@ -1,6 +1,7 @@
 """Who the current request acts as: its credential, found once and kept in a contextvar.
 
-`Identity.identify` turns a presented key (`cok_...`) or catalog token into a `Principal`. Keys
+`Identity.identify` turns a presented key (`cok_...`), identity provider's token (a JWT, checked
+by `oidc.OidcVerifier`) or catalog token into a `Principal`. Keys
 and tokens found in the store are cached for `ttl` seconds, so a busy app costs no read per
 request; a revocation through `Identity.revoke` (this process) drops the key at once, one made
 by `cityos keys revoke` or `cityos token revoke` in another process takes effect here within
@@ -17,6 +18,7 @@ from typing import Final
 
 from cityos.auth import keys
 from cityos.auth.keys import Credential
+from cityos.auth.oidc import OidcVerifier, TokenRejected, looks_like_jwt
 from cityos.auth.policy import (
     ANONYMOUS,
     EVERYTHING,
@@ -110,6 +112,8 @@ class Found:
     principal: Principal
     valid: bool = True
     key_id: int | None = None
+    #: why a credential is not valid, safe to tell the client ("the token has expired")
+    reason: str = ""
 
 
 class Identity:
@@ -120,11 +124,13 @@ class Identity:
         store: AuthStore,
         *,
         token_user: Callable[[str], Awaitable[str | None]] | None = None,
+        oidc: OidcVerifier | None = None,
         ttl: float = CACHE_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._token_user = token_user
+        self._oidc = oidc
         self._ttl = ttl
         self._clock = clock
         #: sha256 of a key -> (its credential, until when it is trusted, what it identifies)
@@ -138,6 +144,11 @@ class Identity:
             return Found(ANONYMOUS)
         if credential.startswith(keys.MARK):
             return await self._key(credential)
+        if self._oidc is not None and looks_like_jwt(credential):
+            try:
+                return Found(await self._oidc.verify(credential))
+            except TokenRejected as exc:
+                return Found(ANONYMOUS, valid=False, reason=exc.reason)
         return await self._token(credential)
 
     async def _token(self, token: str) -> Found:

@@ -89,10 +89,22 @@ async def _refuse(
         (b"content-length", str(len(body)).encode()),
         *extra,
     ]
-    if status == 401:
+    if status == 401 and not any(name == b"www-authenticate" for name, _ in extra):
         headers.append((b"www-authenticate", b'Bearer realm="cityos"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _invalid(found: Found) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+    """Return the 401 of a presented credential that is not valid, saying why if known."""
+    if not found.reason:
+        return 401, "the API key or token is not valid (unknown, revoked or expired)", []
+    # RFC 6750: an invalid bearer token says so in its challenge
+    quoted = found.reason.replace("\\", "").replace('"', "'")
+    challenge = f'Bearer realm="cityos", error="invalid_token", error_description="{quoted}"'
+    return 401, f"the token is not valid: {found.reason}", [
+        (b"www-authenticate", challenge.encode("utf-8", "replace"))
+    ]
 
 
 def outcome_of(status: int, denied: bool) -> Outcome:
@@ -168,11 +180,7 @@ class AuthMiddleware:
         if self.enforce:
             refusal = self._limit(scope, found)
             if refusal is None and not found.valid:
-                refusal = (
-                    401,
-                    "the API key or token is not valid (unknown, revoked or expired)",
-                    [],
-                )
+                refusal = _invalid(found)
             if refusal is None:
                 granted = self._granted(principal, action, area, tenant)
                 if isinstance(granted, Decision):
@@ -331,7 +339,7 @@ class AuthMiddleware:
         self, scope: Scope, found: Found
     ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         principal = found.principal
-        if principal.kind == "key":
+        if principal.kind != "anonymous":  # a key, a user or a token: limited per identity
             verdict = self.by_key.take(principal.id)
         else:
             client = scope.get("client")
