@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -11,9 +12,13 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp
 
 from cityos import __version__
+from cityos.admin.routes import admin_routes
 from cityos.auth.context import Identity
+from cityos.auth.oidc import OidcVerifier
 from cityos.auth.policy import Policy
 from cityos.auth.ratelimit import Limit
+from cityos.auth.sessions import Sessions
+from cityos.auth.users import Accounts
 from cityos.broker.api import batch, discovery, entities, query, subscriptions, temporal
 from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
@@ -39,6 +44,7 @@ from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage.sqlite_users import UserStore
 
 
 def make_storage(settings: Settings) -> Storage:
@@ -110,7 +116,11 @@ def create_app(settings: Settings) -> ASGIApp:
     keys, audit = AuthStore(store), AuditStore(store)
     broker.on_start.append(keys.setup)
     broker.on_start.append(audit.setup)
-    identity = Identity(keys, token_user=catalog.user_for_token)
+    staff = UserStore(store)
+    broker.on_start.append(staff.setup)
+    accounts = Accounts(staff)
+    oidc = OidcVerifier(settings.oidc) if settings.oidc is not None else None
+    identity = Identity(keys, token_user=catalog.user_for_token, oidc=oidc)
     table = (
         entities.routes(broker)
         + query.routes(broker)
@@ -126,6 +136,14 @@ def create_app(settings: Settings) -> ASGIApp:
         + dump_routes(catalog)
         + dcat_routes(catalog)
         + pages_routes(catalog)
+        + admin_routes(
+            accounts=accounts,
+            sessions=Sessions(staff),
+            identity=identity,
+            audit=audit,
+            policy=Policy.from_settings(settings.public_types, settings.public_tenants),
+            enforce=settings.auth == "on",
+        )
     )
     router = Router(
         [Route("/-/health", health, methods=["GET", "HEAD"]), *grouped(table)],
@@ -144,7 +162,9 @@ def create_app(settings: Settings) -> ASGIApp:
         key_limit=Limit.parse(settings.key_rate_limit),
     )
     broker.on_stop.append(guard.drain)  # the last audit records, before storage closes
-    broker.on_start.append(guard.announce)  # after audit.setup: the policy in force
+    # after audit.setup: the policy in force, with the identity provider trusted
+    issuer = settings.oidc.issuer if settings.oidc is not None else None
+    broker.on_start.append(functools.partial(guard.announce, oidc_issuer=issuer))
     app = ErrorMiddleware(app)
     # CORS outside auth: a browser's preflight carries no key
     app = CorsMiddleware(app, origins=settings.cors_origins)
@@ -154,6 +174,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the CLI
     app.identity = identity  # type: ignore[attr-defined]  # revocations in this process
     app.audit = audit  # type: ignore[attr-defined]  # for tests
+    app.users = accounts  # type: ignore[attr-defined]  # staff accounts, for tests and the CLI
     app.guard = guard  # type: ignore[attr-defined]  # tests wait for its audit records
     app.lifespan = lifespan  # type: ignore[attr-defined]  # run the app's life without serving
     return app

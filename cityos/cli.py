@@ -425,6 +425,7 @@ def _demo_urls(base: str) -> None:
 def _register_commands() -> None:
     from cityos.auth.audit_cli import audit_group
     from cityos.auth.keys_cli import keys_group
+    from cityos.auth.users_cli import users_group
     from cityos.catalog.standard.cli import import_command
     from cityos.catalog.tokens_cli import token_group
 
@@ -432,6 +433,7 @@ def _register_commands() -> None:
     main.add_command(import_command)
     main.add_command(keys_group)
     main.add_command(audit_group)
+    main.add_command(users_group)
 
 
 _register_commands()
