@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,9 +179,10 @@ def list_(as_json: bool, data_dir: Path | None) -> None:
             (u.name, u.display_name or "-", ",".join(u.roles), tenants, _state(u, now),
              _when(u.created), _when(u.last_login))
         )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(_columns(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        cells = (cell + " " * (w - _columns(cell)) for cell, w in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
     if not found:
         click.echo("no users", err=True)
 
@@ -245,3 +247,8 @@ _register(
     "Delete NAME and end their sessions (the audit log keeps what they did).",
     _change("user.delete", lambda s, n: s.delete(n), "deleted"),
 )
+
+
+def _columns(text: str) -> int:
+    """Return how many terminal columns text takes (full-width Japanese takes two each)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

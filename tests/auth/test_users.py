@@ -327,6 +327,8 @@ def test_users_cli_round_trip_is_audited(tmp_path: Path) -> None:
     assert header.split()[:2] == ["NAME", "DISPLAY"]
     assert sato.split()[:5] == ["sato", "-", "steward", "(default)", "active"]
     assert tanaka.split()[:6] == ["tanaka", "田中", "一郎", "admin", "*", "active"]
+    # columns line up on a terminal: 田中 一郎 takes 9 columns, as many as "DISPLAY N" does
+    assert header.index("ROLES") == sato.index("steward") == tanaka.index("admin") + 4
 
     assert cli(tmp_path, "passwd", "sato", "--password-stdin", stdin="another long one\n")[0] == 0
     assert cli(tmp_path, "disable", "sato")[0] == 0
