@@ -407,6 +407,7 @@ def _demo_urls(base: str) -> None:
     click.echo("open:")
     click.echo(f"  resident portal (住民向けページ): {base}/public/  (English: {base}/public/en/)")
     click.echo(f"  open data catalog (オープンデータ): {base}/dataset")
+    click.echo(f"  administration (管理: keys, staff, audit log): {base}/admin/")
     for what, url in (
         ("river gauges", f"{api}/entities?type=WaterObserved&options=keyValues&lang=ja"),
         ("flood alerts", f"{api}/entities?type=Alert&options=keyValues"),
