@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final, TypeVar
@@ -42,3 +43,11 @@ def with_storage(data_dir: Path | None, job: Callable[[SqliteStorage], Awaitable
             await store.close()
 
     return asyncio.run(run())
+
+
+def cli_actor() -> str:
+    """Return who runs a command, as the audit log names them (`cli:<login name>`)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "cli"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -190,3 +191,12 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+def make_key(client: TestClient, *roles: str, tenants: tuple[str, ...] = ("",), **kw: Any) -> str:
+    """Create an API key in the running app's store; return its plaintext."""
+    store = client.app.identity.store  # type: ignore[attr-defined]
+    create = functools.partial(store.create_key, "test", roles=roles, tenants=tenants, **kw)
+    assert client.portal is not None
+    _, plaintext = client.portal.call(create)
+    return str(plaintext)

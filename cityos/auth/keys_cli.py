@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,27 +14,19 @@ from cityos.auth import keys
 from cityos.auth.audit import Entry
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
-from cityos.datadir import DATA_DIR, with_storage
+from cityos.datadir import DATA_DIR, cli_actor, with_storage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_auth import AuthStore
 
 T = TypeVar("T")
 
 
-def _actor() -> str:
-    """Return who runs this command, as the audit log names them."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        return "cli"
-
-
 def _audited(action: str, prefix: str, cred: Credential | None) -> Entry:
     """Return the audit record of a key change (no key found: an error)."""
     if cred is None:
-        return Entry(_actor(), action, f"key:{prefix}", outcome="error", detail={"found": False})
+        return Entry(cli_actor(), action, f"key:{prefix}", outcome="error", detail={"found": False})
     return Entry(
-        actor=_actor(),
+        actor=cli_actor(),
         action=action,
         target=f"key:{cred.prefix}",
         tenant=",".join(cred.tenants)[:200],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 import time
 import unicodedata
@@ -17,20 +16,12 @@ import orjson
 from cityos.auth import users
 from cityos.auth.audit import Entry
 from cityos.auth.users import STAFF_ROLES, Accounts, User, UserInputError
-from cityos.datadir import DATA_DIR, with_storage
+from cityos.datadir import DATA_DIR, cli_actor, with_storage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 from cityos.storage.sqlite_users import UserStore
 
 T = TypeVar("T")
-
-
-def _actor() -> str:
-    """Return who runs this command, as the audit log names them."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        return "cli"
 
 
 def _run(
@@ -58,7 +49,7 @@ def _entry(action: str, user: User | None, **detail: object) -> Entry | None:
     """Return the audit record of a change to user (None: nothing changed, nothing recorded)."""
     if user is None:
         return None
-    return Entry(_actor(), action, f"user:{user.name}", detail=detail)
+    return Entry(cli_actor(), action, f"user:{user.name}", detail=detail)
 
 
 def _password(stdin: bool) -> str:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CITYOS, free_port, make_client, sensor, wait_for
+from conftest import CITYOS, free_port, make_client, make_key, sensor, wait_for
 from starlette.testclient import TestClient
 
 from cityos.auth import context
@@ -35,15 +33,6 @@ GROUP = {
 def client(tmp_path: Path) -> Iterator[TestClient]:
     with make_client(tmp_path, auth="on") as c:
         yield c
-
-
-def make_key(client: TestClient, *roles: str, tenants: tuple[str, ...] = ("",), **kw: Any) -> str:
-    """Create an API key in the running app's store; return its plaintext."""
-    store = client.app.identity.store  # type: ignore[attr-defined]
-    create = functools.partial(store.create_key, "test", roles=roles, tenants=tenants, **kw)
-    assert client.portal is not None
-    _, plaintext = client.portal.call(create)
-    return str(plaintext)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -6,14 +6,13 @@ API, subscriptions and their notifications, the catalog's private datasets, and 
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Receiver, make_client
+from conftest import Receiver, make_client, make_key
 from starlette.testclient import TestClient
 
 E = "/ngsi-ld/v1/entities"
@@ -36,14 +35,6 @@ NOWHERE = "urn:ngsi-ld:Person:nobody"
 def client(tmp_path: Path) -> Iterator[TestClient]:
     with make_client(tmp_path, auth="on") as c:
         yield c
-
-
-def make_key(client: TestClient, *roles: str, tenants: tuple[str, ...] = ("",), **kw: Any) -> str:
-    store = client.app.identity.store  # type: ignore[attr-defined]
-    create = functools.partial(store.create_key, "test", roles=roles, tenants=tenants, **kw)
-    assert client.portal is not None
-    _, plaintext = client.portal.call(create)
-    return str(plaintext)
 
 
 def auth(key: str, tenant: str | None = None) -> dict[str, str]:
