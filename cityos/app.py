@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> ASGIApp:
             audit=audit,
             policy=Policy.from_settings(settings.public_types, settings.public_tenants),
             enforce=settings.auth == "on",
+            https=settings.base_url.startswith("https://"),
         )
     )
     router = Router(

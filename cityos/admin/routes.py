@@ -39,14 +39,17 @@ from cityos.storage.sqlite_audit import AuditStore
 __all__ = ["admin_routes"]
 
 
-def _cookie(response: Response, request: Request, name: str, value: str, path: str) -> None:
+def _cookie(
+    response: Response, request: Request, name: str, value: str, path: str, *, https: bool
+) -> None:
     response.set_cookie(
         name,
         value,
         path=path,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # behind a TLS proxy the request itself is plain http: the public URL tells
+        secure=https or request.url.scheme == "https",
     )
 
 
@@ -91,8 +94,13 @@ def admin_routes(
     audit: AuditStore,
     policy: Policy,
     enforce: bool,
+    https: bool = False,
 ) -> list[tuple[str, str, Handler]]:
-    """Return the /admin/ routes (CITYOS_AUTH=off: a local admin, no sign-in)."""
+    """Return the /admin/ routes (CITYOS_AUTH=off: a local admin, no sign-in).
+
+    With https (the public URL is https://), session cookies are Secure even when a TLS proxy
+    in front forwards plain http.
+    """
     admin = Admin(Gate(sessions, policy, enforce=enforce), accounts, identity, audit)
 
     async def stylesheet(_: Request) -> Response:
@@ -110,7 +118,7 @@ def admin_routes(
         token = secrets.token_urlsafe(32)
         page = html("login.html", None, status, title="ログイン / Sign in", name=name,
                     error=error, token=token)  # fmt: skip
-        _cookie(page, request, LOGIN_COOKIE, token, "/admin/login")
+        _cookie(page, request, LOGIN_COOKIE, token, "/admin/login", https=https)
         return page
 
     async def login(request: Request) -> Response:
@@ -132,7 +140,7 @@ def admin_routes(
         await sessions.end(request.cookies.get(COOKIE))  # a new token at every sign-in
         token, _ = await sessions.start(outcome.user)
         response = back("/admin/")
-        _cookie(response, request, COOKIE, token, "/admin")
+        _cookie(response, request, COOKIE, token, "/admin", https=https)
         response.delete_cookie(LOGIN_COOKIE, path="/admin/login")
         return response
 

@@ -139,6 +139,27 @@ def test_the_session_cookie_is_secure_over_https(client: TestClient) -> None:
     assert "Secure" in r.headers["set-cookie"]
 
 
+def test_cookies_are_secure_behind_a_tls_proxy_when_the_public_url_is_https(
+    tmp_path: Path,
+) -> None:
+    # nginx terminates TLS and forwards plain http: the public URL says what users see
+    with make_client(tmp_path, auth="on", public_url="https://data.sano.example") as proxied:
+        add_user(proxied, "tanaka", "admin")
+        form = proxied.get("/admin/login")
+        assert "Secure" in form.headers["set-cookie"]
+        # the browser sends the Secure cookie back over https, to nginx, which forwards http
+        token = re.search(r'name="token" value="([^"]+)"', form.text)
+        assert token is not None
+        data = {"name": "tanaka", "password": PASSWORD, "token": token.group(1)}
+        cookie = {"cookie": f"cityos_login={proxied.cookies.get('cityos_login') or token.group(1)}"}
+        r = proxied.post("/admin/login", data=data, headers=cookie, follow_redirects=False)
+        assert r.status_code == 303
+        session = next(
+            c for c in r.headers.get_list("set-cookie") if c.startswith("cityos_session")
+        )
+        assert "Secure" in session
+
+
 def test_wrong_password_and_unknown_name_get_the_same_answer(client: TestClient) -> None:
     add_user(client, "tanaka", "admin")
     wrong = login(client, "tanaka", "not the password")
