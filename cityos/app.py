@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> ASGIApp:
     accounts = Accounts(staff)
     oidc = OidcVerifier(settings.oidc) if settings.oidc is not None else None
     identity = Identity(keys, token_user=catalog.user_for_token, oidc=oidc)
+    policy = Policy.from_settings(settings.public_types, settings.public_tenants)
     table = (
         entities.routes(broker)
         + query.routes(broker)
@@ -141,7 +142,7 @@ def create_app(settings: Settings) -> ASGIApp:
             sessions=Sessions(staff),
             identity=identity,
             audit=audit,
-            policy=Policy.from_settings(settings.public_types, settings.public_tenants),
+            policy=policy,
             enforce=settings.auth == "on",
             https=settings.base_url.startswith("https://"),
         )
@@ -157,7 +158,7 @@ def create_app(settings: Settings) -> ASGIApp:
         app,
         identity=identity,
         audit=audit,
-        policy=Policy.from_settings(settings.public_types, settings.public_tenants),
+        policy=policy,
         enforce=settings.auth == "on",
         anonymous_limit=Limit.parse(settings.rate_limit),
         key_limit=Limit.parse(settings.key_rate_limit),
