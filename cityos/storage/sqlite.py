@@ -8,7 +8,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -614,3 +614,91 @@ class SqliteStorage(Storage):
             "SELECT key, value FROM kv WHERE ns=? ORDER BY key", (namespace,)
         ).fetchall()
         return [(k, bytes(v)) for k, v in rows]
+
+    # -- dumps ---------------------------------------------------------------------------------
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the tenants, the entities (stored documents, in rid order) and the kv blobs."""
+        yield from dump_tables(conn, (("tenant", "tenants", "name", False),))
+        # the indexes are rebuilt from the documents on load
+        for tenant, doc in conn.execute("SELECT tenant, doc FROM entities ORDER BY rid"):
+            yield "entity", {"tenant": tenant, "doc": orjson.loads(doc)}
+        yield from dump_tables(conn, (("kv", "kv", "ns, key", False),))
+
+    def load_rows(self, conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows (entities indexed, no hooks run)."""
+        if section != "entity":
+            load_tables(
+                conn, (("tenant", "tenants", "", False), ("kv", "kv", "", False)), section, rows
+            )
+            return
+        for row in rows:
+            self._store(conn, row["tenant"], None, row["doc"], None)
+
+
+# -- dumps (cityos export / import-dump) ------------------------------------------------------
+#: what a store dumps of one table: (dump section, table, ORDER BY, rowid too?)
+DumpTable = tuple[str, str, str, bool]
+#: a dumped row: column name -> value
+DumpRow = dict[str, Any]
+
+
+def open_snapshot(path: Path) -> sqlite3.Connection:
+    """Open a read-only connection already inside one read transaction (a snapshot)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=1")
+    conn.execute("BEGIN")
+    # the snapshot starts at the first read, not at BEGIN
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+def _tables(conn: sqlite3.Connection) -> frozenset[str]:
+    return frozenset(r[0] for r in conn.execute("SELECT name FROM sqlite_master"))
+
+
+def dump_tables(
+    conn: sqlite3.Connection, tables: Sequence[DumpTable]
+) -> Iterator[tuple[str, DumpRow]]:
+    """Yield (section, row) for every row of tables, in their order; absent tables are empty."""
+    present = _tables(conn)
+    for section, table, order, with_rowid in tables:
+        if table not in present:
+            continue
+        cur = conn.execute(
+            f"SELECT {'rowid AS rowid, ' if with_rowid else ''}* FROM {table} ORDER BY {order}"
+        )
+        names = [d[0] for d in cur.description]
+        for row in cur:
+            yield section, dict(zip(names, row, strict=True))
+
+
+def load_tables(
+    conn: sqlite3.Connection, tables: Sequence[DumpTable], section: str, rows: Sequence[DumpRow]
+) -> None:
+    """Insert dumped rows of section into its table, keeping their keys."""
+    table = next(t[1] for t in tables if t[0] == section)
+    for row in rows:
+        cols = ", ".join(row)
+        # OR REPLACE: setup() seeds some one-row tables (audit_head) that the dump overwrites
+        conn.execute(
+            f"INSERT OR REPLACE INTO {table}({cols}) VALUES ({','.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+
+def dump_sequences(conn: sqlite3.Connection) -> Iterator[DumpRow]:
+    """Yield the AUTOINCREMENT counters, so ids of deleted rows stay unused after a load."""
+    if "sqlite_sequence" in _tables(conn):
+        for name, seq in conn.execute("SELECT name, seq FROM sqlite_sequence ORDER BY name"):
+            yield {"table": name, "seq": seq}
+
+
+def load_sequence(conn: sqlite3.Connection, table: str, seq: int) -> None:
+    """Raise the AUTOINCREMENT counter of table to seq."""
+    if conn.execute(
+        "UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name=?", (seq, table)
+    ).rowcount:
+        return
+    conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq))

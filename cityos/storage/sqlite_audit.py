@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -29,7 +29,7 @@ from cityos.auth.audit import (
     utc_now,
     verify_chain,
 )
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 # STRICT: a value of the wrong type cannot be stored, so verification only meets text it
 # can hash. No index on hash: appends stay one B-tree insert; verification looks a hash up
@@ -77,6 +77,22 @@ class AuditStore:
     def __init__(self, store: SqliteStorage, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._store = store
         self._clock = clock
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (
+        ("audit", "audit_log", "seq", False),
+        ("audit_head", "audit_head", "id", False),
+    )
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the audit log and its head, exactly as stored."""
+        return dump_tables(conn, AuditStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, AuditStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the tables if needed."""

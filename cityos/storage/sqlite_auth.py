@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import orjson
 
 from cityos.auth import keys
 from cityos.auth.keys import Credential
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = """CREATE TABLE IF NOT EXISTS auth_keys(
     id INTEGER PRIMARY KEY,
@@ -52,6 +52,19 @@ class AuthStore:
         self._store = store
         #: key id -> when this process last wrote its last_used
         self._touched: dict[int, float] = {}
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (("key", "auth_keys", "id", False),)
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the API keys (digests only: a key is never stored in clear)."""
+        return dump_tables(conn, AuthStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, AuthStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the table if needed."""

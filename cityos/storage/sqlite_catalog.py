@@ -15,6 +15,7 @@ import hashlib
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +24,7 @@ import orjson
 
 from cityos.catalog.search import All, And, Clause, Equals, Match, Not, Query, Range
 from cityos.catalog.text import is_cjk, normalize
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 from cityos.storage.sqlite_catalog_facets import (
     FACET_MEMORY,
     FacetIndex,
@@ -282,6 +283,28 @@ class CatalogStore:
     def facet_index(self) -> FacetIndex | None:
         """Return the facet index last built (None before the first)."""
         return self._facets.current
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (
+        ("catalog_group", "catalog_groups", "rowid", False),
+        ("catalog_dataset", "catalog_datasets", "rowid", True),
+        ("catalog_dataset_doc", "catalog_dataset_docs", "ds", False),
+        ("catalog_dataset_tag", "catalog_dataset_tags", "ds, tag", False),
+        ("catalog_dataset_group", "catalog_dataset_groups", "ds, grp", False),
+        ("catalog_resource", "catalog_resources", "rowid", False),
+        ("catalog_search", "catalog_fts", "rowid", True),
+        ("catalog_token", "catalog_tokens", "rowid", False),
+    )
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the organizations, groups, datasets with their search rows, the token hashes."""
+        return dump_tables(conn, CatalogStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, CatalogStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the tables if needed."""

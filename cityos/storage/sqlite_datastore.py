@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from cityos.catalog.datastore import (
     render_records,
 )
 from cityos.catalog.errors import IntegrityError, NotFound, ValidationError
+from cityos.storage.sqlite import DumpRow
 from cityos.storage.sqlite_writer import Checkpointer, Writer
 
 META: Final = (
@@ -501,6 +502,66 @@ class DatastoreStore:
         if totals is None:
             totals = self._local.totals = Totals()
         return totals
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield each table's definition (fields, keys, indexes, aliases), then its rows."""
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name='_datastore_tables'"
+        ).fetchone():
+            return
+        for meta in conn.execute(
+            "SELECT resource_id, fields, primary_key, indexes FROM _datastore_tables "
+            "ORDER BY resource_id"
+        ).fetchall():
+            table = _table_from_row(conn, meta)
+            rid = table.resource_id
+            yield (
+                "datastore_table",
+                {
+                    "resource_id": rid,
+                    "fields": orjson.loads(meta[1]),
+                    "primary_key": list(table.primary_key),
+                    "indexes": list(table.indexes),
+                    "aliases": list(table.aliases),
+                },
+            )
+            cur = conn.execute(f"SELECT * FROM {q(rid)} ORDER BY _id")
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                yield (
+                    "datastore_row",
+                    {"resource_id": rid, "row": dict(zip(names, row, strict=True))},
+                )
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Create dumped tables (indexes, search) or insert dumped rows, keeping their _id."""
+        for r in rows:
+            if section == "datastore_table":
+                fields = []
+                for f in r["fields"]:
+                    reported, kind, array = parse_type(f["type"])
+                    fields.append(Field(f["id"], reported, kind, array, f.get("info") or {}))
+                spec = CreateSpec(
+                    r["resource_id"],
+                    tuple(fields),
+                    tuple(r["primary_key"]),
+                    tuple(r["indexes"]),
+                    tuple(r["aliases"]),
+                )
+                _create(conn, spec, [])
+                continue
+            values = r["row"]
+            conn.execute(
+                f"INSERT INTO {q(r['resource_id'])}({', '.join(q(c) for c in values)}) "
+                f"VALUES ({', '.join('?' * len(values))})",
+                list(values.values()),
+            )
+
+    async def load_dump(self, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped records of a section of dump_rows in one writer job."""
+        await self._write(lambda conn: self.load_rows(conn, section, rows))
 
     async def start(self) -> None:
         """Open the file (creating it and the metadata tables)."""

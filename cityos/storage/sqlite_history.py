@@ -10,7 +10,7 @@ way. Aggregates are computed by SQL GROUP BY per period; Python only sees one ro
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,7 +28,7 @@ from cityos.broker.temporal import (
     to_micros,
 )
 from cityos.storage.base import Change
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = (
     """CREATE TABLE IF NOT EXISTS history_entities(
@@ -159,6 +159,23 @@ class SqliteHistory:
 
     def __init__(self, store: SqliteStorage) -> None:
         self._store = store
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (
+        ("history_entity", "history_entities", "hid", False),
+        ("history_type", "history_types", "rowid", False),
+        ("history_instance", "attr_history", "iid", False),
+    )
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the history: entities, their types and every attribute instance."""
+        return dump_tables(conn, SqliteHistory.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, SqliteHistory.DUMP_TABLES, section, rows)
 
     async def start(self) -> None:
         """Create the history tables if needed."""

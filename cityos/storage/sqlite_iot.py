@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import orjson
 
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = (
     # (resource, apikey) is unique across tenants: a south-bound request names no service,
@@ -48,6 +49,23 @@ class IotStore:
 
     def __init__(self, store: SqliteStorage) -> None:
         self._store = store
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (
+        ("iot_group", "iot_groups", "rowid", False),
+        ("iot_device", "iot_devices", "rowid", False),
+        ("iot_device_status", "iot_device_status", "tenant, device_id", False),
+    )
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the provisioned groups and devices and when each was last seen."""
+        return dump_tables(conn, IotStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, IotStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the tables if needed."""

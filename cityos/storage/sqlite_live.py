@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = """CREATE TABLE IF NOT EXISTS catalog_live(
     name TEXT PRIMARY KEY,
@@ -29,6 +30,19 @@ class LiveStore:
 
     def __init__(self, store: SqliteStorage) -> None:
         self._store = store
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (("live_dataset", "catalog_live", "rowid", False),)
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the live dataset definitions."""
+        return dump_tables(conn, LiveStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, LiveStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the table if needed."""

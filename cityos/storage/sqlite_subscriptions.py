@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,7 +25,14 @@ from cityos.broker.model import Doc
 from cityos.broker.subscriptions import Counters, Live
 from cityos.storage import sqlite_geo as geoindex
 from cityos.storage.base import Change
-from cityos.storage.sqlite import SqliteStorage, content_filters
+from cityos.storage.sqlite import (
+    DumpRow,
+    DumpTable,
+    SqliteStorage,
+    content_filters,
+    dump_tables,
+    load_tables,
+)
 
 log = logging.getLogger("cityos.subscriptions")
 
@@ -116,6 +123,22 @@ class SubscriptionStore:
         # (tenant, id) -> (the Live it was compiled for, SQL, parameters)
         self._sql: dict[tuple[str, str], tuple[Live, str, list[Any]]] = {}
         store.add_change_hook(self._hook)
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (
+        ("subscription", "subscriptions", "rowid", False),
+        ("outbox", "notification_outbox", "seq", False),
+    )
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the subscriptions with their counters and the pending notifications."""
+        return dump_tables(conn, SubscriptionStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, SubscriptionStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the tables if needed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
@@ -11,7 +12,7 @@ import orjson
 from cityos.auth import users
 from cityos.auth.sessions import ABSOLUTE_SECONDS, IDLE_SECONDS, Session
 from cityos.auth.users import User
-from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = (
     """CREATE TABLE IF NOT EXISTS auth_users(
@@ -73,6 +74,19 @@ class UserStore:
 
     def __init__(self, store: SqliteStorage) -> None:
         self._store = store
+
+    #: (dump section, table, order, rowid too?) of what `cityos export` keeps
+    DUMP_TABLES: Final[tuple[DumpTable, ...]] = (("user", "auth_users", "rowid", False),)
+
+    @staticmethod
+    def dump_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, DumpRow]]:
+        """Yield the staff accounts with their password hashes (sessions are not kept)."""
+        return dump_tables(conn, UserStore.DUMP_TABLES)
+
+    @staticmethod
+    def load_rows(conn: sqlite3.Connection, section: str, rows: Sequence[DumpRow]) -> None:
+        """Store dumped rows of a section of dump_rows, keeping their keys."""
+        load_tables(conn, UserStore.DUMP_TABLES, section, rows)
 
     async def setup(self) -> None:
         """Create the tables if needed."""
