@@ -241,16 +241,57 @@ def _literal(value: Scalar) -> tuple[int, Any]:
     return STRING, value
 
 
-def _json_literal(value: Scalar) -> tuple[str, Any]:
-    """Return the json_each type test and parameter a literal compares with inside JSON."""
-    if isinstance(value, bool):
-        return f"j.type='{'true' if value else 'false'}'", None
-    if isinstance(value, int | float):
-        return "j.type IN ('integer','real')", value
-    if isinstance(value, DateTime | Date | Time):
-        return "j.type='text'", value.text
-    return "j.type='text'", value
+class Dialect:
+    """The SQL spellings that differ between engines, as SQLite writes them.
 
+    Compiled SQL uses ``?`` placeholders whatever the dialect; an engine with numbered
+    placeholders renumbers them (the compilers never inline a literal that could hold one).
+    """
+
+    true = "1"
+    #: rows ``s(value)`` of the scopes of entity ``e``
+    scopes = "json_each(e.doc, '$.scope') s"
+    #: the JSON path (a parameter) exists in index row ``a``
+    json_present = "json_type(a.j, ?) IS NOT NULL"
+
+    def col(self, kind: int) -> str:
+        """Return the index column holding values of a kind."""
+        return "a.v"
+
+    def regex(self, subject: str) -> str:
+        """Return 'subject matches the pattern parameter'."""
+        return f"REGEXP(?, {subject})"
+
+    def json_path(self, keys: tuple[str, ...]) -> Any:
+        """Return the parameter addressing keys inside a JSON value."""
+        return _json_path(keys)
+
+    def json_each(self, cond: str) -> tuple[str, int]:
+        """Return 'an element ``j`` at the path in ``a.j`` meets cond' and its path uses."""
+        # json_each over a scalar yields that scalar, over an array its elements; objects are
+        # excluded so that attr[k]==5 does not match {"k": {"x": 5}}.
+        return (
+            f"json_type(a.j, ?) <> 'object' AND "
+            f"EXISTS (SELECT 1 FROM json_each(a.j, ?) j WHERE {cond})",
+            2,
+        )
+
+    def json_text(self) -> tuple[str, str]:
+        """Return the type test and the expression of a JSON element ``j`` that is a string."""
+        return "j.type='text'", "j.value"
+
+    def json_scalar(self, value: Scalar) -> tuple[str, str, Any]:
+        """Return the type test, value expression and parameter (or None) of a JSON literal."""
+        if isinstance(value, bool):
+            return f"j.type='{'true' if value else 'false'}'", "", None
+        if isinstance(value, int | float):
+            return "j.type IN ('integer','real')", "j.value", value
+        if isinstance(value, DateTime | Date | Time):
+            return "j.type='text'", "j.value", value.text
+        return "j.type='text'", "j.value", value
+
+
+SQLITE: Final = Dialect()
 
 Cond = tuple[str, list[Any]]
 
@@ -258,8 +299,9 @@ Cond = tuple[str, list[Any]]
 class _Compiler:
     """Build SQL for one q AST; each condition carries its own parameters, in text order."""
 
-    def __init__(self, expand: Callable[[str], str]) -> None:
+    def __init__(self, expand: Callable[[str], str], dialect: Dialect = SQLITE) -> None:
         self.expand = expand
+        self.d = dialect
 
     def expr(self, node: QExpr) -> Cond:
         if isinstance(node, And | Or):
@@ -271,11 +313,12 @@ class _Compiler:
             return ("NOT " + sql if node.negated else sql), params
         if isinstance(node, Match):
             if node.path.keys:
+                test, subject = self.d.json_text()
                 cond = self.json_each(
-                    node.path, ("j.type='text' AND REGEXP(?, j.value)", [node.pattern])
+                    node.path, (f"{test} AND {self.d.regex(subject)}", [node.pattern])
                 )
             else:
-                cond = (f"a.t={STRING} AND REGEXP(?, a.v)", [node.pattern])
+                cond = (f"a.t={STRING} AND {self.d.regex(self.d.col(STRING))}", [node.pattern])
             return self.absent(node.path, cond) if node.negated else self.exists(node.path, cond)
         op = _SQL_OP[node.op]
         if node.path.keys:
@@ -306,8 +349,8 @@ class _Compiler:
     def present(self, path: AttrPath) -> Cond:
         if not path.keys:
             return self.exists(path, ("", []))
-        cond = f"a.t={JSON} AND json_type(a.j, ?) IS NOT NULL"
-        return self.exists(path, (cond, [_json_path(path.keys)]))
+        cond = f"a.t={JSON} AND {self.d.json_present}"
+        return self.exists(path, (cond, [self.d.json_path(path.keys)]))
 
     def absent(self, path: AttrPath, cond: Cond) -> Cond:
         """Return 'the path exists and none of its values satisfies cond' (the != rule)."""
@@ -316,26 +359,21 @@ class _Compiler:
         return f"({present} AND NOT {some})", [*p1, *p2]
 
     def json_each(self, path: AttrPath, cond: Cond) -> Cond:
-        # json_each over a scalar yields that scalar, over an array its elements; objects are
-        # excluded so that attr[k]==5 does not match {"k": {"x": 5}}.
-        jp = _json_path(path.keys)
-        sql = (
-            f"a.t={JSON} AND json_type(a.j, ?) <> 'object' AND "
-            f"EXISTS (SELECT 1 FROM json_each(a.j, ?) j WHERE {cond[0]})"
-        )
-        return sql, [jp, jp, *cond[1]]
+        sql, uses = self.d.json_each(cond[0])
+        return f"a.t={JSON} AND {sql}", [self.d.json_path(path.keys)] * uses + cond[1]
 
     def value_cond(self, op: str, value: Any) -> Cond:
         if isinstance(value, Range):
             kind, low = _literal(value.low)
-            return f"a.t={kind} AND a.v BETWEEN ? AND ?", [low, _literal(value.high)[1]]
+            col = self.d.col(kind)
+            return f"a.t={kind} AND {col} BETWEEN ? AND ?", [low, _literal(value.high)[1]]
         if isinstance(value, ValueList):
             by_kind: dict[int, list[Any]] = {}
             for item in value.items:
                 kind, param = _literal(item)
                 by_kind.setdefault(kind, []).extend(self.variants(item, param, kind))
             parts = [
-                f"(a.t={kind} AND a.v IN ({','.join('?' * len(ps))}))"
+                f"(a.t={kind} AND {self.d.col(kind)} IN ({','.join('?' * len(ps))}))"
                 for kind, ps in by_kind.items()
             ]
             return "(" + " OR ".join(parts) + ")", [x for ps in by_kind.values() for x in ps]
@@ -343,8 +381,8 @@ class _Compiler:
         if op == "=":
             params = self.variants(value, param, kind)
             if len(params) > 1:
-                return f"a.t={kind} AND a.v IN (?,?)", params
-        return f"a.t={kind} AND a.v{op}?", [param]
+                return f"a.t={kind} AND {self.d.col(kind)} IN (?,?)", params
+        return f"a.t={kind} AND {self.d.col(kind)}{op}?", [param]
 
     def variants(self, value: Scalar, param: Any, kind: int) -> list[Any]:
         """Return the literal and, for a term, its expansion (VocabProperty values are IRIs)."""
@@ -356,17 +394,18 @@ class _Compiler:
 
     def json_value_cond(self, op: str, value: Any) -> Cond:
         if isinstance(value, Range):
-            test, low = _json_literal(value.low)
-            return f"{test} AND j.value BETWEEN ? AND ?", [low, _json_literal(value.high)[1]]
+            test, subject, low = self.d.json_scalar(value.low)
+            high = self.d.json_scalar(value.high)[2]
+            return f"{test} AND {subject or 'j.value'} BETWEEN ? AND ?", [low, high]
         items = value.items if isinstance(value, ValueList) else (value,)
         parts: list[str] = []
         params: list[Any] = []
         for item in items:
-            test, param = _json_literal(item)
+            test, subject, param = self.d.json_scalar(item)
             if param is None:
                 parts.append(test)
             else:
-                parts.append(f"({test} AND j.value{op}?)")
+                parts.append(f"({test} AND {subject}{op}?)")
                 params.append(param)
         return (parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"), params
 
@@ -375,37 +414,39 @@ def _json_path(keys: tuple[str, ...]) -> str:
     return "$" + "".join(f'."{k}"' for k in keys)
 
 
-def compile_q(expr: QExpr, expand: Callable[[str], str] = str) -> tuple[str, list[Any]]:
+def compile_q(
+    expr: QExpr, expand: Callable[[str], str] = str, dialect: Dialect = SQLITE
+) -> tuple[str, list[Any]]:
     """Compile a q AST to a SQL condition on the entity row ``e`` and its parameters."""
-    return _Compiler(expand).expr(expr)
+    return _Compiler(expand, dialect).expr(expr)
 
 
 # -- compiling scopeQ --------------------------------------------------------------------------
-def _scope_cond(term: ScopeTerm, params: list[Any]) -> str:
+def _scope_cond(term: ScopeTerm, params: list[Any], dialect: Dialect) -> str:
     segs = term.segments
     if "+" not in segs:
         if not segs or segs[-1] != "#":
             params.append("/" + "/".join(segs))
             return "s.value=?"
         if len(segs) == 1:
-            return "1"  # /# matches every scope
+            return dialect.true  # /# matches every scope
         prefix = "/" + "/".join(segs[:-1])
         params.extend([prefix, len(prefix) + 1, prefix + "/"])
         return "(s.value=? OR substr(s.value, 1, ?)=?)"
     parts = ["[^/]+" if s == "+" else re.escape(s) for s in segs if s != "#"]
     tail = "(?:/.*)?" if segs[-1] == "#" else ""
     params.append("^/" + "/".join(parts) + tail + r"\Z")
-    return "REGEXP(?, s.value)"
+    return dialect.regex("s.value")
 
 
-def compile_scope_q(expr: ScopeExpr) -> tuple[str, list[Any]]:
+def compile_scope_q(expr: ScopeExpr, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     """Compile a scopeQ AST to a SQL condition on the scopes in ``e.doc``."""
     params: list[Any] = []
 
     def walk(node: ScopeExpr) -> str:
         if isinstance(node, ScopeTerm):
-            cond = _scope_cond(node, params)
-            return f"EXISTS (SELECT 1 FROM json_each(e.doc, '$.scope') s WHERE {cond})"
+            cond = _scope_cond(node, params, dialect)
+            return f"EXISTS (SELECT 1 FROM {dialect.scopes} WHERE {cond})"
         joiner = " AND " if isinstance(node, ScopeAnd) else " OR "
         assert isinstance(node, ScopeAnd | ScopeOr)
         return "(" + joiner.join(walk(x) for x in node.items) + ")"

@@ -1,0 +1,360 @@
+"""The PostgreSQL storage engine: asyncpg pool, one transaction per mutation, PostGIS geo.
+
+It answers every ``Storage`` call as ``SqliteStorage`` does (same documents, errors, order
+and counts); docs/postgres.md says where the two still differ. Several cityos workers may
+share one database: entity writes lock the entity's row, and migrations run once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from cityos.broker import clock
+from cityos.broker.errors import BadRequestData, InternalError, NgsiError
+from cityos.broker.model import Doc
+from cityos.storage import pg_index, pg_query, pg_schema
+from cityos.storage.base import (
+    AttributeInfo,
+    Change,
+    EntityQuery,
+    Mutation,
+    Outcome,
+    QueryResult,
+    Rule,
+    Storage,
+    TypeInfo,
+)
+from cityos.storage.pg_index import Conn
+from cityos.storage.pg_query import numbered
+
+#: derived writes may cause derived writes, this many levels deep at most (as on SQLite)
+MAX_RULE_DEPTH = 4
+#: a create that loses a race with another worker's create of the same id is retried
+_WRITE_ATTEMPTS = 3
+
+#: hook(conn, change), awaited in the change's transaction (see PostgresStorage.add_change_hook)
+PgChangeHook = Callable[[Conn, Change], Awaitable[None]]
+
+log = logging.getLogger("cityos.storage")
+
+
+def _dumps(doc: Doc) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def _unsupported_regex(exc: Exception) -> BadRequestData:
+    # the pattern passed Python's check (qlang.check_regex) but PostgreSQL's dialect refuses it
+    return BadRequestData(f"regular expression not supported by this database: {exc}")
+
+
+class PostgresStorage(Storage):
+    """Entities of every tenant in one PostgreSQL (with PostGIS) database."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._paths = pg_index.PathIds()
+        #: tenants known to be recorded in the database (the default tenant always exists)
+        self._tenants: set[str] = {""}
+        self._change_hooks: list[PgChangeHook] = []
+        self._rules: list[Rule] = []
+
+    # -- connections ---------------------------------------------------------------------
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """Return the connection pool (after start)."""
+        if self._pool is None:
+            raise RuntimeError("PostgresStorage.start() has not been called")
+        return self._pool
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Conn]:
+        """Lend a connection in a read-only transaction: its reads all see one snapshot."""
+        async with self.pool.acquire() as conn:  # noqa: SIM117 (the transaction needs conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield conn
+
+    async def start(self) -> None:
+        await pg_schema.upgrade(self.url)
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # -- reads ---------------------------------------------------------------------------
+    async def tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._tenants:
+            return True
+        # another worker may have created it
+        found = await self.pool.fetchval("SELECT 1 FROM tenants WHERE name=$1", tenant)
+        if found:
+            self._tenants.add(tenant)
+        return found is not None
+
+    async def get(self, tenant: str, entity_id: str) -> Doc | None:
+        text = await self.pool.fetchval(
+            "SELECT doc FROM entities WHERE tenant=$1 AND id=$2", tenant, entity_id
+        )
+        if text is None:
+            return None
+        doc: Doc = orjson.loads(text)
+        return doc
+
+    async def query(self, tenant: str, query: EntityQuery) -> QueryResult:
+        try:
+            return await self._query(tenant, query)
+        except asyncpg.InvalidRegularExpressionError as exc:
+            raise _unsupported_regex(exc) from exc
+
+    async def _query(self, tenant: str, query: EntityQuery) -> QueryResult:
+        where, params = pg_query.where(tenant, query)
+        async with self._snapshot() as conn:
+            count: int | None = None
+            if query.count:
+                count = await conn.fetchval(
+                    numbered(f"SELECT count(*) FROM entities e WHERE {where}"), *params
+                )
+            docs: list[Doc] = []
+            if query.limit > 0:
+                order, order_params = "e.rid", list[Any]()
+                geo = query.geo
+                if geo is not None and geo.georel == "near":
+                    # nearest first, as map users expect
+                    dist, order_params = pg_query.compile_distance(geo, query.geoproperty or "")
+                    order = f"{dist}, e.rid"
+                sql = numbered(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+                )
+                rows = await conn.fetch(sql, *params, *order_params, query.limit, query.offset)
+                docs = [orjson.loads(r[0]) for r in rows]
+        return QueryResult(docs, count)
+
+    async def types(self, tenant: str) -> list[TypeInfo]:
+        async with self._snapshot() as conn:
+            counts = await conn.fetch(
+                "SELECT t, count(DISTINCT e.rid) FROM entities e, unnest(e.types) t "
+                'WHERE e.tenant=$1 GROUP BY t ORDER BY t COLLATE "C"',
+                tenant,
+            )
+            rows = await conn.fetch(
+                "SELECT DISTINCT t, x.attr, x.atype FROM entities e "
+                "CROSS JOIN unnest(e.types) t JOIN entity_attrs x ON x.rid=e.rid "
+                "WHERE e.tenant=$1",
+                tenant,
+            )
+        attrs: dict[str, dict[str, set[str]]] = {}
+        for t, a, at in rows:
+            attrs.setdefault(t, {}).setdefault(a, set()).add(at)
+        return [TypeInfo(t, n, attrs.get(t, {})) for t, n in counts]
+
+    async def attributes(
+        self, tenant: str, types: frozenset[str] | None = None
+    ) -> list[AttributeInfo]:
+        only, params = "", [tenant]
+        if types is not None:
+            only = " AND e.types && $2::text[]"
+            params.append(sorted(types))  # type: ignore[arg-type]
+        async with self._snapshot() as conn:
+            counts = await conn.fetch(
+                "SELECT x.attr, count(DISTINCT x.rid) FROM entity_attrs x JOIN entities e "
+                f"ON e.rid=x.rid WHERE e.tenant=$1{only} GROUP BY x.attr "
+                'ORDER BY x.attr COLLATE "C"',
+                *params,
+            )
+            rows = await conn.fetch(
+                "SELECT DISTINCT x.attr, x.atype, t FROM entity_attrs x "
+                "JOIN entities e ON e.rid=x.rid CROSS JOIN unnest(e.types) t "
+                f"WHERE e.tenant=$1{only}",
+                *params,
+            )
+        out = {a: AttributeInfo(a, n, set(), set()) for a, n in counts}
+        for a, at, t in rows:
+            info = out.get(a)
+            if info is not None and (types is None or t in types):
+                info.types.add(t)
+                info.attribute_types.add(at)
+        return list(out.values())
+
+    # -- writes --------------------------------------------------------------------------
+    async def _store(
+        self,
+        conn: Conn,
+        tenant: str,
+        rid: int | None,
+        doc: Doc,
+        old: Doc | None,
+        pending: dict[str, int],
+    ) -> None:
+        if rid is None or old is None:
+            rid = await conn.fetchval(
+                "INSERT INTO entities(tenant, id, doc, types, created_at, modified_at) "
+                "VALUES($1, $2, $3, $4, $5, $6) RETURNING rid",
+                tenant,
+                doc["id"],
+                _dumps(doc),
+                doc["type"],
+                doc["createdAt"],
+                doc["modifiedAt"],
+            )
+            assert rid is not None
+            await pg_index.insert(conn, rid, doc, self._paths, pending)
+            return
+        await conn.execute(
+            "UPDATE entities SET doc=$1, types=$2, modified_at=$3 WHERE rid=$4",
+            _dumps(doc),
+            doc["type"],
+            doc["modifiedAt"],
+            rid,
+        )
+        await pg_index.update(conn, rid, old, doc, self._paths, pending)
+
+    async def _mutate(
+        self,
+        conn: Conn,
+        tenant: str,
+        m: Mutation,
+        pending: dict[str, int],
+        depth: int = 0,
+    ) -> Outcome:
+        """Apply one mutation inside the caller's transaction."""
+        if tenant not in self._tenants:
+            await conn.execute(
+                "INSERT INTO tenants(name) VALUES($1) ON CONFLICT DO NOTHING", tenant
+            )
+        row = await conn.fetchrow(
+            "SELECT rid, doc FROM entities WHERE tenant=$1 AND id=$2 FOR UPDATE",
+            tenant,
+            m.entity_id,
+        )
+        current = orjson.loads(row[1]) if row else None
+        new = m.fn(current)
+        derived: list[Mutation] = []
+        if new is not None:
+            for rule in self._rules:
+                new, more = rule(current, new)
+                derived += more
+        if new is None:
+            if row is not None:
+                await conn.execute("DELETE FROM entities WHERE rid=$1", row[0])
+                await self._changed(conn, Change(tenant, m.entity_id, current, None, clock.now()))
+            return Outcome(m.entity_id, deleted=row is not None)
+        await self._store(conn, tenant, row[0] if row else None, new, current, pending)
+        await self._changed(conn, Change(tenant, m.entity_id, current, new, new["modifiedAt"]))
+        if derived:
+            if depth >= MAX_RULE_DEPTH:
+                raise InternalError(f"derivation rules nest deeper than {MAX_RULE_DEPTH} levels")
+            for follow in derived:
+                # in the same transaction: the entity and what derives from it commit together
+                await self._mutate(conn, tenant, follow, pending, depth + 1)
+        return Outcome(m.entity_id, created=row is None, doc=new)
+
+    async def _changed(self, conn: Conn, change: Change) -> None:
+        for hook in self._change_hooks:
+            await hook(conn, change)
+
+    def add_rule(self, rule: Rule) -> None:
+        """Run rule(old, new) on every entity write before it is stored (see base.Rule)."""
+        self._rules.append(rule)
+
+    def add_change_hook(self, hook: PgChangeHook) -> None:
+        """Await hook(conn, change) in the transaction of every entity change.
+
+        A hook writes what must be atomic with the change (history rows, a notification
+        outbox) on conn; if it raises, the change is rolled back with it.
+        """
+        self._change_hooks.append(hook)
+
+    async def _apply_one(self, conn: Conn, tenant: str, m: Mutation) -> Outcome:
+        for attempt in range(_WRITE_ATTEMPTS):
+            pending: dict[str, int] = {}
+            try:
+                async with conn.transaction():
+                    outcome = await self._mutate(conn, tenant, m, pending)
+            except asyncpg.UniqueViolationError:
+                # another worker created the entity between our read and our insert
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+                continue
+            self._paths.commit(pending)
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def apply(self, tenant: str, mutations: Sequence[Mutation]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        async with self.pool.acquire() as conn:
+            for m in mutations:
+                try:
+                    outcomes.append(await self._apply_one(conn, tenant, m))
+                except NgsiError as exc:
+                    outcomes.append(Outcome(m.entity_id, error=exc))
+                except (asyncpg.PostgresError, ValueError, TypeError, KeyError) as exc:
+                    log.exception("write of %s failed", m.entity_id)
+                    outcomes.append(
+                        Outcome(m.entity_id, error=InternalError(f"storage error: {exc}"))
+                    )
+        if any(o.ok for o in outcomes):
+            self._tenants.add(tenant)
+        return outcomes
+
+    async def purge(self, tenant: str, query: EntityQuery) -> int:
+        try:
+            return await self._purge(tenant, query)
+        except asyncpg.InvalidRegularExpressionError as exc:
+            raise _unsupported_regex(exc) from exc
+
+    async def _purge(self, tenant: str, query: EntityQuery) -> int:
+        where, params = pg_query.where(tenant, query)
+        # documents are read only when a hook wants to see what was deleted
+        doc = "e.doc" if self._change_hooks else "NULL"
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                numbered(
+                    f"SELECT e.rid, e.id, {doc} FROM entities e WHERE {where} "
+                    "ORDER BY e.rid FOR UPDATE OF e"
+                ),
+                *params,
+            )
+            await conn.execute(
+                "DELETE FROM entities WHERE rid = ANY($1::bigint[])", [r[0] for r in rows]
+            )
+            if self._change_hooks:
+                now = clock.now()
+                for _rid, entity_id, text in rows:
+                    change = Change(tenant, entity_id, orjson.loads(text), None, now)
+                    await self._changed(conn, change)
+        return len(rows)
+
+    # -- small blobs -----------------------------------------------------------------------
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        value: Any = await self.pool.fetchval(
+            "SELECT value FROM kv WHERE ns=$1 AND key=$2", namespace, key
+        )
+        return None if value is None else bytes(value)
+
+    async def kv_put(self, namespace: str, key: str, value: bytes) -> None:
+        await self.pool.execute(
+            "INSERT INTO kv(ns, key, value) VALUES($1, $2, $3) "
+            "ON CONFLICT (ns, key) DO UPDATE SET value=EXCLUDED.value",
+            namespace,
+            key,
+            value,
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> bool:
+        status = await self.pool.execute("DELETE FROM kv WHERE ns=$1 AND key=$2", namespace, key)
+        return bool(status != "DELETE 0")
+
+    async def kv_list(self, namespace: str) -> list[tuple[str, bytes]]:
+        rows = await self.pool.fetch(
+            "SELECT key, value FROM kv WHERE ns=$1 ORDER BY key", namespace
+        )
+        return [(k, bytes(v)) for k, v in rows]
