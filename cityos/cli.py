@@ -429,9 +429,11 @@ def _register_commands() -> None:
     from cityos.auth.users_cli import users_group
     from cityos.catalog.standard.cli import import_command
     from cityos.catalog.tokens_cli import token_group
+    from cityos.db_cli import db_group
     from cityos.dump.cli import export_command
     from cityos.dump.cli import import_command as import_dump_command
 
+    main.add_command(db_group)
     main.add_command(token_group)
     main.add_command(import_command)
     main.add_command(keys_group)

@@ -88,10 +88,25 @@ class Settings:
             return Path(url[len("sqlite:///") :])
         if url.startswith("sqlite://"):
             return Path(url[len("sqlite://") :])
+        if self.engine == "postgresql":
+            raise SettingsError(
+                "CITYOS_DATABASE_URL: the PostgreSQL engine holds NGSI-LD entities only so far; "
+                "the temporal history, subscriptions, catalog, IoT registry, keys and audit log "
+                "are not ported yet, so cityos cannot serve from PostgreSQL (docs/postgres.md). "
+                "`cityos db upgrade` prepares the schema; serve on SQLite meanwhile"
+            )
         raise SettingsError(
             f"CITYOS_DATABASE_URL: unsupported scheme in {url!r}; "
-            "this version supports sqlite:///path (postgresql:// comes with the PostgreSQL engine)"
+            "use sqlite:///path or postgresql://user@host/db"
         )
+
+    @property
+    def engine(self) -> str:
+        """Return the storage engine the database URL names: "sqlite" or "postgresql"."""
+        url = self.database_url or ""
+        if url.startswith(("postgresql://", "postgres://")):
+            return "postgresql"
+        return "sqlite"
 
     @property
     def base_url(self) -> str:
@@ -250,5 +265,6 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         oidc=_oidc(e),
     )
     _ = s.mqtt  # validate the MQTT URL early
-    _ = s.sqlite_path  # validate the URL scheme early
+    if s.engine == "sqlite":
+        _ = s.sqlite_path  # validate the URL scheme early
     return s

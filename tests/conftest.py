@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,7 +17,9 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -200,3 +204,55 @@ def make_key(client: TestClient, *roles: str, tenants: tuple[str, ...] = ("",), 
     assert client.portal is not None
     _, plaintext = client.portal.call(create)
     return str(plaintext)
+
+
+# -- PostgreSQL: a database for this test run (dropped at the end), a schema per test --------
+#: the server to make test databases on (any database of it that we may connect to)
+SERVER_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def admin_sql(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url, timeout=3)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """Create a PostgreSQL database (with PostGIS) for this run; yield its URL."""
+    name = f"cityos_test_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(admin_sql(SERVER_URL, f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = f"PostgreSQL is not reachable at {SERVER_URL}: {exc}"
+        if os.environ.get("CITYOS_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " (CITYOS_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    url = _with_database(SERVER_URL, name)
+    try:
+        # in public, so that every test schema finds it on its search_path
+        asyncio.run(admin_sql(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
+        yield url
+    finally:
+        asyncio.run(admin_sql(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def pg_schema_url(database_url: str) -> str:
+    """Create an empty schema; return a URL whose connections use it (and public)."""
+    schema = f"t_{secrets.token_hex(6)}"
+    asyncio.run(admin_sql(database_url, f"CREATE SCHEMA {schema}"))
+    return f"{database_url}?search_path={quote(schema + ',public', safe='')}"
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """Return the URL of an empty schema of the test run's PostgreSQL database."""
+    return pg_schema_url(pg_database)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -29,58 +26,6 @@ from cityos.storage import pg_schema
 from cityos.storage.base import Change, EntityQuery, Mutation, Storage
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
-
-# -- PostgreSQL: a database for this test run (dropped at the end), a schema per test --------
-#: the server to make test databases on (any database of it that we may connect to)
-SERVER_URL = os.environ.get("CITYOS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
-async def _admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url, timeout=3)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """Create a PostgreSQL database (with PostGIS) for this run; yield its URL."""
-    name = f"cityos_test_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_admin(SERVER_URL, f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        reason = f"PostgreSQL is not reachable at {SERVER_URL}: {exc}"
-        if os.environ.get("CITYOS_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + " (CITYOS_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    url = _with_database(SERVER_URL, name)
-    try:
-        # in public, so that every test schema finds it on its search_path
-        asyncio.run(_admin(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
-        yield url
-    finally:
-        asyncio.run(_admin(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def pg_schema_url(database_url: str) -> str:
-    """Create an empty schema; return a URL whose connections use it (and public)."""
-    schema = f"t_{secrets.token_hex(6)}"
-    asyncio.run(_admin(database_url, f"CREATE SCHEMA {schema}"))
-    return f"{database_url}?search_path={quote(schema + ',public', safe='')}"
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> str:
-    """Return the URL of an empty schema of the test run's PostgreSQL database."""
-    return pg_schema_url(pg_database)
-
 
 V = "https://example.org/"
 NOW = "2026-01-01T00:00:00.000000Z"
