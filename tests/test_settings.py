@@ -43,10 +43,17 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ({"CITYOS_PORT": "eighty"}, "CITYOS_PORT"),
         ({"CITYOS_PORT": "70000"}, "CITYOS_PORT"),
         ({"CITYOS_AUTH": "maybe"}, "CITYOS_AUTH"),
-        ({"CITYOS_DATABASE_URL": "postgresql://localhost/city"}, "CITYOS_DATABASE_URL"),
+        ({"CITYOS_DATABASE_URL": "mysql://localhost/city"}, "CITYOS_DATABASE_URL"),
         ({"CITYOS_SQLITE_SYNC": "SOMETIMES"}, "CITYOS_SQLITE_SYNC"),
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         from_env(env)
+
+
+def test_a_postgresql_url_is_read_but_not_served_yet() -> None:
+    settings = from_env({"CITYOS_DATABASE_URL": "postgresql://localhost/city"})
+    assert settings.engine == "postgresql"
+    with pytest.raises(SettingsError, match="holds NGSI-LD entities only so far"):
+        _ = settings.sqlite_path
