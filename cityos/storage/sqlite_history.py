@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from cityos.broker import typesel
-from cityos.broker.model import VALUE_MEMBER, Instance
+from cityos.broker.model import Instance
 from cityos.broker.temporal import (
     AttrHistory,
     Bucket,
@@ -28,6 +28,12 @@ from cityos.broker.temporal import (
     to_micros,
 )
 from cityos.storage.base import Change
+from cityos.storage.history_rows import COLUMN as _COLUMN
+from cityos.storage.history_rows import bucket as _bucket
+from cityos.storage.history_rows import compile_types as _compile_types
+from cityos.storage.history_rows import instance_row as _row
+from cityos.storage.history_rows import recorded_instances
+from cityos.storage.history_rows import time_range as _range
 from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 DDL: Final = (
@@ -53,8 +59,6 @@ DDL: Final = (
     "CREATE INDEX IF NOT EXISTS attr_history_cre ON attr_history(hid, attr, t_cre)",
     "CREATE INDEX IF NOT EXISTS attr_history_age ON attr_history(t_obs)",
 )
-_COLUMN: Final = {"observedAt": "t_obs", "createdAt": "t_cre", "modifiedAt": "t_mod"}
-_SYSTEM: Final = frozenset({"createdAt", "modifiedAt"})
 PRUNE_BATCH: Final = 10_000
 _ROW_SQL: Final = (
     "INSERT INTO attr_history(hid, attr, ds, t_obs, t_cre, t_mod, num, val, inst) "
@@ -77,34 +81,6 @@ class HistorySelection:
     limit: int = 20
     offset: int = 0
     count: bool = False
-
-
-def _members(inst: Instance) -> dict[str, Any]:
-    return {k: v for k, v in inst.items() if k not in _SYSTEM}
-
-
-def _value_columns(inst: Instance) -> tuple[float | None, str | None]:
-    member = VALUE_MEMBER.get(inst.get("type", ""), "value")
-    value = inst.get(member)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value), None
-    return None, orjson.dumps(value).decode()
-
-
-def _row(hid: int, attr: str, inst: Instance, created: int, modified: int) -> tuple[Any, ...]:
-    observed = inst.get("observedAt")
-    num, val = _value_columns(inst)
-    return (
-        hid,
-        attr,
-        inst.get("datasetId") or "",
-        to_micros(observed) if observed else created,
-        created,
-        modified,
-        num,
-        val,
-        orjson.dumps(_members(inst)).decode(),
-    )
 
 
 def _hid(conn: sqlite3.Connection, tenant: str, eid: str) -> int | None:
@@ -133,24 +109,14 @@ def _ensure_entity(
 
 def record_change(conn: sqlite3.Connection, change: Change) -> None:
     """Record the attribute instances a change added or altered (a change hook)."""
-    new = change.new
-    if new is None:
-        return  # deleting keeps the history (clause 6.19): only the temporal API deletes it
-    old_attrs: dict[str, list[Instance]] = (change.old or {}).get("attrs", {})
-    at = to_micros(change.at)
-    pending: list[tuple[str, Instance]] = []
-    for attr, insts in new.get("attrs", {}).items():
-        if old_attrs.get(attr) is insts:
-            continue  # a merge or patch left this attribute's instances untouched
-        before = {i.get("datasetId"): i for i in old_attrs.get(attr, ())}
-        for inst in insts:
-            prev = before.get(inst.get("datasetId"))
-            if prev is None or _members(prev) != _members(inst):
-                pending.append((attr, inst))
+    pending, new_types = recorded_instances(change)
     if not pending:
         return
-    new_types = change.old is None or change.old.get("type") != new["type"]
-    hid, _ = _ensure_entity(conn, change.tenant, change.entity_id, new["type"], new_types=new_types)
+    assert change.new is not None
+    hid, _ = _ensure_entity(
+        conn, change.tenant, change.entity_id, change.new["type"], new_types=new_types
+    )
+    at = to_micros(change.at)
     conn.executemany(_ROW_SQL, [_row(hid, a, i, at, at) for a, i in pending])
 
 
@@ -405,22 +371,6 @@ def _select(
     return [(int(h), str(e)) for h, e in rows], count
 
 
-def _compile_types(expr: typesel.TypeExpr, expand: Callable[[str], str]) -> tuple[str, list[Any]]:
-    params: list[Any] = []
-
-    def walk(node: typesel.TypeExpr) -> str:
-        if isinstance(node, typesel.TypeName):
-            params.append(expand(node.name))
-            return (
-                "EXISTS (SELECT 1 FROM history_types t WHERE t.tenant=h.tenant AND t.type=? "
-                "AND t.hid=h.hid)"
-            )
-        joiner = " AND " if isinstance(node, typesel.TypeAnd) else " OR "
-        return "(" + joiner.join(walk(x) for x in node.items) + ")"
-
-    return walk(expr), params
-
-
 def _types(conn: sqlite3.Connection, hids: list[int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for start in range(0, len(hids), 500):
@@ -443,17 +393,6 @@ def _attr_names(conn: sqlite3.Connection, hid: int) -> list[str]:
         {"h": hid},
     ).fetchall()
     return [str(r[0]) for r in rows]
-
-
-def _range(tq: TemporalQuery, col: str) -> tuple[str, list[Any]]:
-    sql, params = "", []
-    if tq.lower is not None:
-        sql += f" AND {col} >= ?"
-        params.append(tq.lower)
-    if tq.upper is not None:
-        sql += f" AND {col} < ?"
-        params.append(tq.upper)
-    return sql, params
 
 
 def _instances(
@@ -544,19 +483,3 @@ def _aggregate(
     if not buckets:
         return None
     return str(atype_row[0] or "Property"), buckets
-
-
-def _bucket(ds: str, start: int, end: int, agg: list[Any]) -> Bucket:
-    count, distinct, total, numbers, lo, hi, sumsq = agg
-    return Bucket(
-        dataset=ds or None,
-        start=start,
-        end=end,
-        count=int(count),
-        distinct=int(distinct),
-        sum=total,
-        numbers=int(numbers),
-        min=lo,
-        max=hi,
-        sumsq=sumsq,
-    )
