@@ -9,7 +9,6 @@ recorded with `append`, in a job of its own, so that the refusal's rollback keep
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -29,6 +28,7 @@ from cityos.auth.audit import (
     utc_now,
     verify_chain,
 )
+from cityos.storage.audit_rows import COLUMNS, parse_row
 from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 # STRICT: a value of the wrong type cannot be stored, so verification only meets text it
@@ -55,20 +55,7 @@ DDL: Final = (
     ) STRICT""",
 )
 
-_COLUMNS: Final = "seq, at, actor, action, target, tenant, outcome, detail, prev, hash"
 _PAGE: Final = 1000
-
-
-def _row(row: tuple[int, str, str, str, str, str, str, str, str, str]) -> Record | Unreadable:
-    """Return the record a stored row holds, or why it holds none."""
-    try:
-        detail = json.loads(row[7])
-    except ValueError:
-        return Unreadable(row[0], "its detail is not JSON")
-    if not isinstance(detail, dict):
-        return Unreadable(row[0], "its detail is not a JSON object")
-    seq, at, actor, action, target, tenant, outcome, _, prev, hash_ = row
-    return Record(seq, at, actor, action, target, tenant, outcome, detail, prev, hash_)
 
 
 class AuditStore:
@@ -117,7 +104,7 @@ class AuditStore:
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         record = chain(entry, seq=seq, at=self._clock(), prev=prev)
         conn.execute(
-            f"INSERT INTO audit_log({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO audit_log({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.seq,
                 record.at,
@@ -143,12 +130,12 @@ class AuditStore:
 
         def run(conn: sqlite3.Connection) -> list[Record]:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )
             out: list[Record] = []
             for row in rows:
-                item = _row(row)
+                item = parse_row(row)
                 if isinstance(item, Unreadable):
                     raise AuditError(f"record {item.seq} cannot be read: {item.reason}")
                 out.append(item)
@@ -162,12 +149,12 @@ class AuditStore:
 
         def run(conn: sqlite3.Connection) -> Record | None:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
+                f"SELECT {COLUMNS} FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1",
                 (action,),
             ).fetchone()
             if row is None:
                 return None
-            item = _row(row)
+            item = parse_row(row)
             if isinstance(item, Unreadable):
                 raise AuditError(f"record {item.seq} cannot be read: {item.reason}")
             return item
@@ -212,7 +199,7 @@ def _head(conn: sqlite3.Connection) -> Head | None:
 
 
 def _walk(conn: sqlite3.Connection) -> Iterator[Record | Unreadable]:
-    cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq")
+    cursor = conn.execute(f"SELECT {COLUMNS} FROM audit_log ORDER BY seq")
     while rows := cursor.fetchmany(_PAGE):
         for row in rows:
-            yield _row(row)
+            yield parse_row(row)
