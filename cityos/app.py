@@ -40,15 +40,16 @@ from cityos.portal.api import portal_front, portal_routes, public_files
 from cityos.portal.static import PublicFiles
 from cityos.safety import rules
 from cityos.settings import Settings, from_env
+from cityos.storage import engines
 from cityos.storage.base import Storage
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_audit import AuditStore
-from cityos.storage.sqlite_auth import AuthStore
-from cityos.storage.sqlite_users import UserStore
 
 
 def make_storage(settings: Settings) -> Storage:
     """Return the storage engine the settings name."""
+    if settings.engine == "postgresql" and settings.database_url is not None:
+        return PostgresStorage(settings.database_url)
     return SqliteStorage(
         settings.sqlite_path, sync=settings.sqlite_sync, query_threads=settings.query_threads
     )
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> ASGIApp:
         },
     )
     broker = Broker(store, loader, settings)
-    if isinstance(store, SqliteStorage):
+    if isinstance(store, SqliteStorage | PostgresStorage):
         for rule in rules.RULES:
             store.add_rule(rule)
     ready = False
@@ -112,11 +113,10 @@ def create_app(settings: Settings) -> ASGIApp:
 
     files = public_files(settings)
     catalog = Catalog(broker)
-    assert isinstance(store, SqliteStorage)  # the key and audit tables live in SQLite for now
-    keys, audit = AuthStore(store), AuditStore(store)
+    keys, audit = engines.keys(store), engines.audit(store)
     broker.on_start.append(keys.setup)
     broker.on_start.append(audit.setup)
-    staff = UserStore(store)
+    staff = engines.users(store)
     broker.on_start.append(staff.setup)
     accounts = Accounts(staff)
     oidc = OidcVerifier(settings.oidc) if settings.oidc is not None else None

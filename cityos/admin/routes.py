@@ -34,7 +34,7 @@ from cityos.auth.policy import Policy
 from cityos.auth.sessions import ABSOLUTE_SECONDS, COOKIE, Sessions, same_token
 from cityos.auth.users import REFUSED, Accounts, SignIn
 from cityos.http.routing import Handler
-from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage.engines import Audit
 
 __all__ = ["admin_routes"]
 
@@ -91,7 +91,7 @@ def admin_routes(
     accounts: Accounts,
     sessions: Sessions,
     identity: Identity,
-    audit: AuditStore,
+    audit: Audit,
     policy: Policy,
     enforce: bool,
     https: bool = False,

@@ -29,7 +29,7 @@ from cityos.auth.context import Identity
 from cityos.auth.policy import ALL, Action, Area, Operation, Policy, Principal
 from cityos.auth.sessions import COOKIE, Sessions, same_token
 from cityos.auth.users import Accounts, User
-from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage.engines import Audit
 
 #: the principal of the admin pages with CITYOS_AUTH=off
 LOCAL: Final = Principal(
@@ -209,7 +209,7 @@ class Admin:
     gate: Gate
     accounts: Accounts
     identity: Identity
-    audit: AuditStore
+    audit: Audit
 
     async def record(self, staff: Staff, action: str, target: str, **detail: Any) -> None:
         """Append a change made on the pages to the audit log, in staff's name."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cityos.auth import keys
 from cityos.auth.keys import Credential
@@ -28,7 +28,9 @@ from cityos.auth.policy import (
     Principal,
     Reading,
 )
-from cityos.storage.sqlite_auth import AuthStore
+
+if TYPE_CHECKING:
+    from cityos.storage.engines import Keys
 
 #: seconds a found key is trusted without asking the store again
 CACHE_TTL: Final = 30.0
@@ -121,7 +123,7 @@ class Identity:
 
     def __init__(
         self,
-        store: AuthStore,
+        store: Keys,
         *,
         token_user: Callable[[str], Awaitable[str | None]] | None = None,
         oidc: OidcVerifier | None = None,

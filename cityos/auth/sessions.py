@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 from cityos.auth.users import User
 
 if TYPE_CHECKING:
-    from cityos.storage.sqlite_users import UserStore
+    from cityos.storage.engines import Users
 
 COOKIE: Final = "cityos_session"
 IDLE_SECONDS: Final = 30 * 60.0
@@ -66,9 +66,9 @@ class Current:
 
 
 class Sessions:
-    """Start, find and end sessions kept in a UserStore."""
+    """Start, find and end sessions kept in a user store."""
 
-    def __init__(self, store: UserStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Users, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
 

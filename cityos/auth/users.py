@@ -25,7 +25,7 @@ from cityos.auth.keys import KeyInputError
 from cityos.auth.policy import ROLES, Principal
 
 if TYPE_CHECKING:
-    from cityos.storage.sqlite_users import UserStore
+    from cityos.storage.engines import Users
 
 #: roles a person can hold ("app" is for keys only)
 STAFF_ROLES: Final[frozenset[str]] = ROLES - {"app"}
@@ -209,11 +209,11 @@ class SignIn:
 
 
 class Accounts:
-    """Create, change and sign in staff accounts kept in a UserStore."""
+    """Create, change and sign in staff accounts kept in a user store."""
 
     def __init__(
         self,
-        store: UserStore,
+        store: Users,
         *,
         passwords: Passwords | None = None,
         clock: Callable[[], float] = time.time,

@@ -17,6 +17,7 @@ from cityos.auth import users
 from cityos.auth.audit import Entry
 from cityos.auth.users import STAFF_ROLES, Accounts, User, UserInputError
 from cityos.datadir import DATA_DIR, cli_actor, with_storage
+from cityos.storage.engines import Users
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 from cityos.storage.sqlite_users import UserStore
@@ -196,7 +197,7 @@ def passwd(name: str, password_stdin: bool, data_dir: Path | None) -> None:
 
 
 def _change(
-    action: str, change: Callable[[UserStore, str], Awaitable[User | None]], done: str
+    action: str, change: Callable[[Users, str], Awaitable[User | None]], done: str
 ) -> Callable[[str, Path | None], None]:
     """Return the command applying change to the named account and auditing it as action."""
 

@@ -1,7 +1,7 @@
 """Live datasets: catalog datasets defined by an NGSI-LD query and regenerated as entities change.
 
 A live dataset (e.g. every `WaterObserved`) has a CSV resource with a datastore table and a
-GeoJSON resource. The storage writer tells `LiveDatasets.hook` about every entity change; a
+GeoJSON resource. The storage writer tells `LiveDatasets.note` about every entity change; a
 change to an entity of a live dataset's type marks it dirty, and the event loop rebuilds dirty
 datasets at most once per `interval` seconds through the ordinary actions (`resource_update`
 with an upload, `datastore_upsert`), so `metadata_modified` moves with the data and nobody
@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import logging
-import sqlite3
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from cityos.broker.render import RenderOptions, render_entity
 from cityos.catalog import registry, validate
 from cityos.catalog.errors import CkanError, NotAuthorized, NotFound, ValidationError
 from cityos.catalog.registry import Context
+from cityos.storage import engines
 from cityos.storage.base import Change, EntityQuery
-from cityos.storage.sqlite_live import LiveDefinition, LiveStore
+from cityos.storage.sqlite_live import LiveDefinition
 
 if TYPE_CHECKING:
     from cityos.catalog.service import Catalog
@@ -178,7 +178,7 @@ class LiveDatasets:
         self.catalog = catalog
         self.interval = interval
         self.rebuilds = 0  # finished rebuilds, for tests and logs
-        self._store = LiveStore(catalog.broker.store)  # type: ignore[arg-type]
+        self._store = engines.live(catalog.broker.store)
         self._defs: dict[str, tuple[LiveDefinition, frozenset[str]]] = {}
         self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -194,8 +194,8 @@ class LiveDatasets:
         return Context(catalog=self.catalog, system=True, base_url=self.catalog.base_url)
 
     # -- change hook (writer thread) ------------------------------------------------------
-    def hook(self, conn: sqlite3.Connection, change: Change) -> None:
-        """Mark the live datasets an entity change touches (must not block)."""
+    def note(self, change: Change) -> None:
+        """Mark the live datasets an entity change touches (a change listener: never blocks)."""
         if not self._defs or self._loop is None:
             return
         types: set[str] = set()

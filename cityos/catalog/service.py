@@ -19,11 +19,13 @@ class Catalog:
     """What every action needs; built once per app by create_app."""
 
     def __init__(self, broker: Broker) -> None:
+        from cityos.storage import engines
         from cityos.storage.sqlite import SqliteStorage
         from cityos.storage.sqlite_catalog import CatalogStore
         from cityos.storage.sqlite_datastore import DatastoreStore
 
         store = broker.store
+        # the catalog's metadata and datastore are not on PostgreSQL yet (docs/postgres.md)
         assert isinstance(store, SqliteStorage), "the catalog needs the SQLite engine"
         self.broker = broker
         self.settings = broker.settings
@@ -36,7 +38,7 @@ class Catalog:
 
         #: datasets defined by an NGSI-LD query, regenerated as their entities change
         self.live: LiveDatasets = LiveDatasets(self, interval=broker.settings.live_interval)
-        store.add_change_hook(self.live.hook)
+        engines.on_change(store, self.live.note)
 
     @property
     def base_url(self) -> str:

@@ -32,8 +32,7 @@ from cityos.iot.provisioning import (
     service_of,
     service_path_of,
 )
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_iot import IotStore
+from cityos.storage import engines
 
 log = logging.getLogger("cityos.iot")
 
@@ -61,8 +60,7 @@ def _iot_errors(handler: Handler) -> Handler:
 
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the IoT Agent provisioning and HTTP ingestion routes."""
-    assert isinstance(broker.store, SqliteStorage), "IoT provisioning needs the SQLite engine"
-    iot = IotStore(broker.store)
+    iot = engines.iot(broker.store)
     ingestor = Ingestor(broker, iot)
 
     monitor = HealthMonitor(broker, iot, ingestor, every=broker.settings.device_check)

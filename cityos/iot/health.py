@@ -27,7 +27,7 @@ from cityos.broker.normalize import Normalizer
 from cityos.iot.ingest import Ingestor, Seen
 from cityos.iot.provisioning import Device, IotError, parse_device
 from cityos.storage.base import Mutation
-from cityos.storage.sqlite_iot import IotStore
+from cityos.storage.engines import Iot
 
 __all__ = [
     "DEFAULT_ACTIVE",
@@ -74,7 +74,7 @@ class HealthMonitor:
     def __init__(
         self,
         broker: Broker,
-        iot: IotStore,
+        iot: Iot,
         ingestor: Ingestor,
         *,
         every: float,

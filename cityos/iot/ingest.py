@@ -38,7 +38,7 @@ from cityos.iot.provisioning import (
     parse_group,
 )
 from cityos.storage.base import Mutation, Outcome
-from cityos.storage.sqlite_iot import IotStore
+from cityos.storage.engines import Iot
 
 __all__ = ["Ingestor", "Message", "Prepared", "QuietLog", "Seen"]
 
@@ -63,7 +63,7 @@ class Seen:
 class Ingestor:
     """Turn device messages into entity writes; remember when each device was last seen."""
 
-    def __init__(self, broker: Broker, iot: IotStore) -> None:
+    def __init__(self, broker: Broker, iot: Iot) -> None:
         self.broker = broker
         self.iot = iot
         self.counts: Counter[str] = Counter()

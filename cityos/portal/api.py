@@ -18,6 +18,7 @@ from cityos.portal import surge
 from cityos.portal.publisher import Builder, Publisher
 from cityos.portal.static import PublicFiles, PublicFront, cache_policy
 from cityos.settings import Settings
+from cityos.storage import engines
 from cityos.storage.base import Storage
 from cityos.storage.sqlite import SqliteStorage
 
@@ -53,15 +54,21 @@ def portal_routes(
 ) -> list[tuple[str, str, Handler]]:
     """Return the /public/ and /admin/portal/ routes, and publish the site while running."""
     store = broker.store
-    assert isinstance(store, SqliteStorage), "the portal publisher needs the SQLite engine"
     files = files or public_files(broker.settings)
+
+    async def barrier() -> None:
+        # SQLite's writes queue behind one writer: wait for those queued before now;
+        # PostgreSQL's are committed when their call returns
+        if isinstance(store, SqliteStorage):
+            await store.write(_noop)
+
     publisher = Publisher(
         files.root,
         builder or site_builder(store, tile_url=broker.settings.portal_tile_url),
-        barrier=lambda: store.write(_noop),
+        barrier=barrier,
         on_publish=files.forget,
     )
-    store.add_change_hook(publisher.hook)
+    engines.on_change(store, publisher.note)
 
     async def start() -> None:
         publisher.surge = (await surge.load(store)).surge

@@ -16,9 +16,11 @@ from cityos.broker import typesel
 from cityos.broker.model import DEFAULT_VOCAB, LOCATION, NGSI_LD, Doc, default_instance
 from cityos.broker.temporal import TemporalQuery, from_micros, to_micros
 from cityos.safety.flood import STATUSES
+from cityos.storage import engines
 from cityos.storage.base import EntityQuery, Storage
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_history import HistorySelection, SqliteHistory
+from cityos.storage.sqlite_history import HistorySelection
 
 __all__ = [
     "AlertInfo",
@@ -225,9 +227,9 @@ async def _histories(
     store: Storage, tenant: str, gauges: list[Doc]
 ) -> dict[str, list[tuple[int, float]]]:
     """Return each gauge's waterLevel readings (UTC micros, metres) over the trend window."""
-    if not isinstance(store, SqliteStorage) or not gauges:
+    if not isinstance(store, SqliteStorage | PostgresStorage) or not gauges:
         return {}  # no temporal store behind this engine: pages show no trend
-    history = SqliteHistory(store)
+    history = engines.history_reader(store)
     await history.start()  # idempotent; a database the temporal API never opened has no tables
     out: dict[str, list[tuple[int, float]]] = {}
     for doc in gauges:

@@ -13,7 +13,6 @@ import contextlib
 import gzip
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -166,8 +165,8 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self._last = -float("inf")
 
-    def hook(self, conn: sqlite3.Connection, change: Change) -> None:
-        """Note a change (storage change hook: runs on the writer thread, must not block)."""
+    def note(self, change: Change) -> None:
+        """Note a change (a storage change listener: may run on the writer thread, never blocks)."""
         if change.tenant == self._tenant and (_shows(change.new) or _shows(change.old)):
             self.poke()
 

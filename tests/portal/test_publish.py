@@ -137,7 +137,7 @@ def run_with_publisher(
             barrier=lambda: store.write(lambda _conn: None),
             max_retry=0.2,
         )
-        store.add_change_hook(publisher.hook)
+        store.add_change_hook(lambda _conn, change: publisher.note(change))
         await publisher.start()
         try:
             await body(store, publisher, site)

@@ -25,9 +25,9 @@ from cityos.broker.errors import BadRequestData, NonexistentTenant, ResourceNotF
 from cityos.broker.normalize import ENTITY_SKIP, check_entity_id, check_name, expand_types, is_uri
 from cityos.broker.render import RenderOptions
 from cityos.http.routing import Handler
+from cityos.storage import engines
 from cityos.storage.base import EntityQuery
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_history import HistorySelection, SqliteHistory, record_change
+from cityos.storage.sqlite_history import HistorySelection
 
 BASE = "/ngsi-ld/v1/temporal"
 TEMPORAL_PARAMS = frozenset(
@@ -79,9 +79,7 @@ def _render_options(qp: Any, call: Call, sys_attrs: bool) -> RenderOptions:
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the routes of the temporal API and record every change into the history."""
     store = broker.store
-    assert isinstance(store, SqliteStorage), "the temporal API needs the SQLite engine"
-    history = SqliteHistory(store)
-    store.add_change_hook(record_change)
+    history = engines.history(store)  # records every change from now on
     broker.on_start.append(history.start)
     if broker.settings.history_retention is not None:
         retention = tp.Retention(history, broker.settings.history_retention)

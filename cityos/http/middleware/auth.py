@@ -36,7 +36,7 @@ from cityos.auth.policy import (
 from cityos.auth.ratelimit import Limit, RateLimiter
 from cityos.broker.errors import NgsiError
 from cityos.http.media import PROBLEM
-from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage.engines import Audit
 
 log = logging.getLogger("cityos.auth")
 
@@ -122,7 +122,7 @@ class AuthMiddleware:
         app: ASGIApp,
         *,
         identity: Identity,
-        audit: AuditStore,
+        audit: Audit,
         policy: Policy,
         enforce: bool,
         anonymous_limit: Limit,

@@ -1,0 +1,110 @@
+"""Pick each store's class for the engine the broker runs on (SQLite or PostgreSQL).
+
+Every store has a SQLite class and a PostgreSQL twin with the same async methods; callers ask
+here instead of naming an engine, and register engine-neutral change listeners with
+`on_change`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cityos.storage.base import Change, Storage
+from cityos.storage.pg_audit import PgAuditStore
+from cityos.storage.pg_auth import PgAuthStore
+from cityos.storage.pg_history import PgHistory
+from cityos.storage.pg_history import record_change as pg_record_change
+from cityos.storage.pg_iot import PgIotStore
+from cityos.storage.pg_live import PgLiveStore
+from cityos.storage.pg_users import PgUserStore
+from cityos.storage.postgres import PostgresStorage
+from cityos.storage.sqlite import SqliteStorage
+from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage.sqlite_history import SqliteHistory
+from cityos.storage.sqlite_history import record_change as sqlite_record_change
+from cityos.storage.sqlite_iot import IotStore
+from cityos.storage.sqlite_live import LiveStore
+from cityos.storage.sqlite_users import UserStore
+
+History = SqliteHistory | PgHistory
+Iot = IotStore | PgIotStore
+Live = LiveStore | PgLiveStore
+Keys = AuthStore | PgAuthStore
+Audit = AuditStore | PgAuditStore
+Users = UserStore | PgUserStore
+
+
+class EngineError(TypeError):
+    """A store was asked for an engine it does not know."""
+
+
+def _sqlite(store: Storage) -> SqliteStorage:
+    if isinstance(store, SqliteStorage):
+        return store
+    raise EngineError(f"no stores for the engine {type(store).__name__}")
+
+
+def on_change(store: Storage, listener: Callable[[Change], None]) -> None:
+    """Call listener with every entity change, in the write's transaction (must not block)."""
+    if not isinstance(store, PostgresStorage):
+        _sqlite(store).add_change_hook(lambda _conn, change: listener(change))
+        return
+
+    async def hook(_conn: Any, change: Change) -> None:
+        listener(change)
+
+    store.add_change_hook(hook)
+
+
+def history(store: Storage) -> History:
+    """Return the history store, recording every change from now on."""
+    if isinstance(store, PostgresStorage):
+        store.add_change_hook(pg_record_change)
+        return PgHistory(store)
+    sqlite = _sqlite(store)
+    sqlite.add_change_hook(sqlite_record_change)
+    return SqliteHistory(sqlite)
+
+
+def history_reader(store: Storage) -> History:
+    """Return the history store for reading only (no hook registered)."""
+    if isinstance(store, PostgresStorage):
+        return PgHistory(store)
+    return SqliteHistory(_sqlite(store))
+
+
+def iot(store: Storage) -> Iot:
+    """Return the IoT registry."""
+    if isinstance(store, PostgresStorage):
+        return PgIotStore(store)
+    return IotStore(_sqlite(store))
+
+
+def live(store: Storage) -> Live:
+    """Return the live dataset definitions."""
+    if isinstance(store, PostgresStorage):
+        return PgLiveStore(store)
+    return LiveStore(_sqlite(store))
+
+
+def keys(store: Storage) -> Keys:
+    """Return the API key store."""
+    if isinstance(store, PostgresStorage):
+        return PgAuthStore(store)
+    return AuthStore(_sqlite(store))
+
+
+def audit(store: Storage) -> Audit:
+    """Return the audit log."""
+    if isinstance(store, PostgresStorage):
+        return PgAuditStore(store)
+    return AuditStore(_sqlite(store))
+
+
+def users(store: Storage) -> Users:
+    """Return the staff accounts and sessions."""
+    if isinstance(store, PostgresStorage):
+        return PgUserStore(store)
+    return UserStore(_sqlite(store))
