@@ -32,8 +32,36 @@ CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 LD = {"Content-Type": "application/ld+json"}
 
 
+#: CITYOS_TEST_ENGINE=postgresql runs the app-level tests on PostgreSQL: every app made by
+#: make_client gets a fresh schema of one database made for this test run
+ENGINE = os.environ.get("CITYOS_TEST_ENGINE", "sqlite")
+_run_database: list[str] = []
+
+
+def _engine_overrides() -> dict[str, Any]:
+    if ENGINE != "postgresql":
+        return {}
+    if not _run_database:
+        name = f"cityos_test_{secrets.token_hex(4)}"
+        asyncio.run(admin_sql(SERVER_URL, f"CREATE DATABASE {name}"))
+        url = _with_database(SERVER_URL, name)
+        asyncio.run(admin_sql(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
+        _run_database.append(url)
+    return {"database_url": pg_schema_url(_run_database[0])}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_run_database() -> Iterator[None]:
+    yield
+    for url in _run_database:
+        name = url.rpartition("/")[2]
+        asyncio.run(admin_sql(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
-    settings = Settings(data_dir=tmp_path, remote_contexts=False, **overrides)
+    settings = Settings(
+        data_dir=tmp_path, remote_contexts=False, **{**_engine_overrides(), **overrides}
+    )
     return TestClient(create_app(settings), raise_server_exceptions=True)
 
 
