@@ -149,6 +149,14 @@ class TokenInfo:
     last_used: str | None
 
 
+def _doc_field(name: str) -> str:
+    # fields kept only in the CKAN dict, in the side table the narrow rows point at
+    return (
+        f"(SELECT json_extract(x.doc, '$.{name}') FROM catalog_dataset_docs x "
+        "WHERE x.ds = d.rowid)"
+    )
+
+
 _COLUMNS: Final = {
     "id": "d.id",
     "name": "d.name",
@@ -157,9 +165,9 @@ _COLUMNS: Final = {
     "type": "d.type",
     "organization": "d.org_name",
     "owner_org": "d.owner_org",
-    "author": "json_extract(d.doc, '$.author')",
-    "maintainer": "json_extract(d.doc, '$.maintainer')",
-    "version": "json_extract(d.doc, '$.version')",
+    "author": _doc_field("author"),
+    "maintainer": _doc_field("maintainer"),
+    "version": _doc_field("version"),
 }
 _JOINS: Final = {
     "tags": ("catalog_dataset_tags", "tag", ""),

@@ -121,6 +121,8 @@ DATASETS: list[dict[str, Any]] = [
         "name": "evacuation-sites",
         "title": "指定緊急避難場所一覧",
         "notes": "佐野市文化会館ほか、洪水時の避難先",
+        "author": "危機管理課",
+        "version": "2024",
         "tags": [{"name": "避難"}, {"name": "防災"}],
         "groups": [{"name": "bosai"}],
         "license_id": "jp-pdl-1.0",
@@ -211,6 +213,10 @@ def names(c: TestClient, headers: dict[str, str] | None = None, **params: Any) -
         ("name:aed-*", ["aed-locations"]),
         ("tags:防*", ["aed-locations", "evacuation-sites"]),
         ("*:*", ["aed-locations", "evacuation-sites", "public-toilets"]),
+        # fields kept only in the CKAN dict (they once answered 500)
+        ("author:危機管理課", ["evacuation-sites"]),
+        ("version:2024", ["evacuation-sites"]),
+        ("maintainer:nobody", []),
     ],
 )
 def test_search_finds_japanese_and_field_terms(
