@@ -56,6 +56,8 @@ def _drop_run_database() -> Iterator[None]:
     for url in _run_database:
         name = url.rpartition("/")[2]
         asyncio.run(admin_sql(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        # migration 7 makes a server-wide reader role per database
+        asyncio.run(admin_sql(SERVER_URL, f'DROP ROLE IF EXISTS "{name}_datastore_reader"'))
 
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
@@ -271,6 +273,8 @@ def pg_database() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin_sql(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        # migration 7 makes a server-wide reader role per database
+        asyncio.run(admin_sql(SERVER_URL, f'DROP ROLE IF EXISTS "{name}_datastore_reader"'))
 
 
 def pg_schema_url(database_url: str) -> str:

@@ -29,11 +29,22 @@ from cityos.catalog.datastore import (
     SearchQuery,
     Table,
     coerce_record,
-    infer_fields,
     parse_type,
     render_records,
 )
 from cityos.catalog.errors import IntegrityError, NotFound, ValidationError
+from cityos.storage.datastore_rows import (
+    CreateSpec as CreateSpec,  # re-exported: the actions import it from here
+)
+from cityos.storage.datastore_rows import (
+    alias_taken,
+    check_write_method,
+    fields_json,
+    key_not_found,
+    plan_create,
+    table_from_meta,
+    update_key,
+)
 from cityos.storage.sqlite import DumpRow
 from cityos.storage.sqlite_writer import Checkpointer, Writer
 
@@ -71,21 +82,11 @@ class SqlResult:
 
 def _table_from_row(conn: sqlite3.Connection, row: tuple[str, str, str, str]) -> Table:
     rid, fields, pk, indexes = row
-    parsed = []
-    for f in orjson.loads(fields):
-        reported, kind, array = parse_type(f["type"])
-        parsed.append(Field(f["id"], reported, kind, array, f.get("info") or {}))
     aliases = [
         a
         for (a,) in conn.execute("SELECT alias FROM _datastore_aliases WHERE resource_id=?", (rid,))
     ]
-    return Table(
-        rid,
-        tuple(parsed),
-        tuple(orjson.loads(pk)),
-        tuple(orjson.loads(indexes)),
-        tuple(sorted(aliases)),
-    )
+    return table_from_meta(rid, fields, pk, indexes, aliases)
 
 
 def load_table(conn: sqlite3.Connection, name: str) -> Table | None:
@@ -206,12 +207,6 @@ def _search(
 # -- writes ---------------------------------------------------------------------------------
 
 
-def _fields_json(fields: Sequence[Field]) -> str:
-    return orjson.dumps(
-        [{"id": f.id, "type": f.type, **({"info": f.info} if f.info else {})} for f in fields]
-    ).decode()
-
-
 def _create_fts(conn: sqlite3.Connection, table: Table, *, fill: bool) -> None:
     rid = table.resource_id
     fts, name = f"{rid}__fts", q(rid)
@@ -297,16 +292,8 @@ def _insert(conn: sqlite3.Connection, table: Table, records: Sequence[Any], meth
 
     for i, rec in enumerate(records, start=1):
         values = coerce_record(fields, rec, i, keep_id=method != "insert" and not pk)
-        if method == "upsert" and pk and any(values.get(k) is None for k in pk):
-            absent = next(k for k in pk if values.get(k) is None)
-            raise ValidationError({"records": [f'row {i}: the key field "{absent}" is missing']})
-        if method == "update" or (method == "upsert" and not pk):
-            key = tuple(pk) if pk else ("_id",)
-            missing = [k for k in key if values.get(k) is None]
-            if missing:
-                raise ValidationError(
-                    {"records": [f'row {i}: the key field "{missing[0]}" is missing']}
-                )
+        key = update_key(values, pk, method, i)
+        if key is not None:
             sets = [c for c in values if c not in key]
             where = " AND ".join(f"{q(k)} = ?" for k in key)
             args = [values[k] for k in key]
@@ -323,8 +310,7 @@ def _insert(conn: sqlite3.Connection, table: Table, records: Sequence[Any], meth
                 ).fetchone()[0]
             if changed == 0:
                 if method == "update":
-                    shown = ", ".join(f"{k}={values[k]!r}" for k in key)
-                    raise ValidationError({"records": [f"row {i}: key {shown} not found"]})
+                    raise key_not_found(values, key, i)
                 conn.execute(
                     f"INSERT INTO {name}({', '.join(q(c) for c in values)}) "
                     f"VALUES ({', '.join('?' * len(values))})",
@@ -343,65 +329,22 @@ def _insert(conn: sqlite3.Connection, table: Table, records: Sequence[Any], meth
     return done
 
 
-@dataclass(frozen=True, slots=True)
-class CreateSpec:
-    resource_id: str
-    fields: tuple[Field, ...] | None  # None: infer from the records
-    primary_key: tuple[str, ...] | None
-    indexes: tuple[str, ...] | None
-    aliases: tuple[str, ...]
-
-
 def _create(conn: sqlite3.Connection, spec: CreateSpec, records: Sequence[Any]) -> Table:
     rid = spec.resource_id
     old = load_table(conn, rid)
-    if old is not None and old.resource_id != rid:
-        raise ValidationError({"resource_id": [f'"{rid}" is an alias of another resource']})
-    declared = list(spec.fields) if spec.fields is not None else infer_fields(records)
-    fresh = old is None
-    fields: list[Field] = list(old.fields) if old else []
-    known = {f.id: f for f in fields}
-    added: list[Field] = []
-    for f in declared:
-        prev = known.get(f.id)
-        if prev is None:
-            added.append(f)
-        elif prev.type != f.type:
-            raise ValidationError(
-                {"fields": [f'field "{f.id}" is {prev.type}; its type cannot change to {f.type}']}
-            )
-    fields += added
-    names = {f.id for f in fields}
-    pk = (
-        tuple(spec.primary_key)
-        if spec.primary_key is not None
-        else (old.primary_key if old else ())
-    )
-    for k in pk:
-        key_field = next((x for x in fields if x.id == k), None)
-        if key_field is None or not key_field.scalar:
-            raise ValidationError({"primary_key": [f'"{k}" is not a field of the table']})
-    if spec.indexes is not None:
-        indexes = tuple(spec.indexes)
-    elif old is not None:
-        indexes = old.indexes + tuple(f.id for f in added if f.scalar)
-    else:
-        indexes = tuple(f.id for f in fields if f.scalar)
-    for k in indexes:
-        if k not in names:
-            raise ValidationError({"indexes": [f'"{k}" is not a field of the table']})
-    if not fields and not records:
-        raise ValidationError({"fields": ["a new table needs fields or records"]})
+    plan = plan_create(old, spec, records)
+    table, added = plan.table, plan.added
+    fields, pk, indexes = table.fields, table.primary_key, table.indexes
     for alias in spec.aliases:
         owner = conn.execute(
             "SELECT resource_id FROM _datastore_aliases WHERE alias=? UNION ALL "
             "SELECT resource_id FROM _datastore_tables WHERE resource_id=?",
             (alias, alias),
         ).fetchone()
-        if (owner is not None and owner[0] != rid) or alias == rid:
-            raise ValidationError({"aliases": [f'alias "{alias}" is already in use']})
-    table = Table(rid, tuple(fields), pk, indexes, ())
-    if fresh:
+        refused = alias_taken(alias, rid, None if owner is None else owner[0])
+        if refused is not None:
+            raise refused
+    if plan.fresh:
         cols = ", ".join(f"{q(f.id)} {'TEXT' if f.array else SQL_TYPES[f.kind]}" for f in fields)
         conn.execute(f"CREATE TABLE {q(rid)}(_id INTEGER PRIMARY KEY{', ' if cols else ''}{cols})")
         _insert(conn, table, records, "insert")  # indexes after a bulk load are cheaper
@@ -422,7 +365,7 @@ def _create(conn: sqlite3.Connection, spec: CreateSpec, records: Sequence[Any]) 
         "VALUES (?, ?, ?, ?)",
         (
             rid,
-            _fields_json(fields),
+            fields_json(fields),
             orjson.dumps(list(pk)).decode(),
             orjson.dumps(list(indexes)).decode(),
         ),
@@ -620,13 +563,7 @@ class DatastoreStore:
             table = load_table(conn, rid)
             if table is None:
                 raise NotFound(f'Resource "{rid}" was not found.')
-            if (
-                method != "insert"
-                and not table.primary_key
-                and any(isinstance(r, dict) and "_id" not in r for r in records)
-            ):
-                msg = f'the table has no primary key: "{method}" needs _id in every record'
-                raise ValidationError({"method": [msg]})
+            check_write_method(table, records, method)
             return _insert(conn, table, records, method)
 
         result: int = await self._write(run)
