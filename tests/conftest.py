@@ -36,18 +36,23 @@ LD = {"Content-Type": "application/ld+json"}
 #: make_client gets a fresh schema of one database made for this test run
 ENGINE = os.environ.get("CITYOS_TEST_ENGINE", "sqlite")
 _run_database: list[str] = []
+#: data dir -> its schema: an app made again on the same data dir finds its data (restarts)
+_schemas: dict[Path, str] = {}
 
 
-def _engine_overrides() -> dict[str, Any]:
+def _engine_overrides(data_dir: Path) -> dict[str, Any]:
     if ENGINE != "postgresql":
         return {}
+    if data_dir in _schemas:
+        return {"database_url": _schemas[data_dir]}
     if not _run_database:
         name = f"cityos_test_{secrets.token_hex(4)}"
         asyncio.run(admin_sql(SERVER_URL, f"CREATE DATABASE {name}"))
         url = _with_database(SERVER_URL, name)
         asyncio.run(admin_sql(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
         _run_database.append(url)
-    return {"database_url": pg_schema_url(_run_database[0])}
+    _schemas[data_dir] = pg_schema_url(_run_database[0])
+    return {"database_url": _schemas[data_dir]}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,7 +67,9 @@ def _drop_run_database() -> Iterator[None]:
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
     settings = Settings(
-        data_dir=tmp_path, remote_contexts=False, **{**_engine_overrides(), **overrides}
+        data_dir=tmp_path,
+        remote_contexts=False,
+        **{**_engine_overrides(overrides.get("data_dir", tmp_path)), **overrides},
     )
     return TestClient(create_app(settings), raise_server_exceptions=True)
 

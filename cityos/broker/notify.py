@@ -40,7 +40,10 @@ from cityos.broker.model import Doc
 from cityos.broker.subscriptions import Live
 from cityos.http import media
 from cityos.storage.base import Storage
+from cityos.storage.pg_subscriptions import LEASE, PostgresSubscriptionStore
 from cityos.storage.sqlite_subscriptions import Queued, SubscriptionStore
+
+Subscriptions = SubscriptionStore | PostgresSubscriptionStore
 
 log = logging.getLogger("cityos.notify")
 
@@ -116,7 +119,7 @@ class Sender:
 
     def __init__(
         self,
-        subs: SubscriptionStore,
+        subs: Subscriptions,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -198,6 +201,9 @@ class Sender:
 
     # -- reading the outbox -------------------------------------------------------------------
     async def _read_outbox(self) -> None:
+        if isinstance(self._subs, PostgresSubscriptionStore):
+            await self._claim_outbox(self._subs)
+            return
         while True:
             await self._event.wait()
             self._event.clear()
@@ -220,6 +226,34 @@ class Sender:
                     else:
                         queue.append(row)
                         self._loaded[key] = row.seq
+                    if key not in self._workers:
+                        self._workers[key] = asyncio.create_task(self._work(key))
+                if len(rows) < FETCH:
+                    break
+
+    async def _claim_outbox(self, subs: PostgresSubscriptionStore) -> None:
+        """Take notifications leased to this sender (several workers share the outbox).
+
+        A claim also renews this sender's leases and takes over those of dead senders, so it
+        runs at least every third of the lease even when nothing wakes it.
+        """
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), LEASE / 3)
+            self._event.clear()
+            self._pending = False
+            while True:
+                try:
+                    rows = await subs.claim(FETCH, per_subscription=MAX_QUEUE)
+                except Exception:  # retried at the next wake-up
+                    log.exception("claiming from the notification outbox failed")
+                    break
+                for row in rows:
+                    key = (row.tenant, row.sub_id)
+                    if row.seq <= self._loaded.get(key, 0):
+                        continue  # already in memory
+                    self._queues.setdefault(key, deque()).append(row)
+                    self._loaded[key] = row.seq
                     if key not in self._workers:
                         self._workers[key] = asyncio.create_task(self._work(key))
                 if len(rows) < FETCH:
@@ -271,6 +305,8 @@ class Sender:
             if not queue:
                 self._queues.pop(key, None)
             self._workers.pop(key, None)
+            if isinstance(self._subs, PostgresSubscriptionStore):
+                self._event.set()  # more of this subscription may wait, beyond the claim cap
 
     async def _refill(self, key: tuple[str, str], queue: deque[Queued]) -> None:
         """Read a subscription's next notifications back from the outbox, in order."""
@@ -363,7 +399,7 @@ class Periodic:
     active (created, resumed, its interval changed, or the broker restarted).
     """
 
-    def __init__(self, subs: SubscriptionStore, storage: Storage) -> None:
+    def __init__(self, subs: Subscriptions, storage: Storage) -> None:
         self._subs = subs
         self._storage = storage
         # (tenant, id) -> (the interval it was scheduled with, when it is next due)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from cityos.broker.api.common import Broker
     from cityos.catalog.live import LiveDatasets
+    from cityos.storage.pg_catalog import PgCatalogStore
+    from cityos.storage.pg_datastore import PgDatastoreStore
     from cityos.storage.sqlite_catalog import CatalogStore
     from cityos.storage.sqlite_datastore import DatastoreStore
 
@@ -20,17 +22,25 @@ class Catalog:
 
     def __init__(self, broker: Broker) -> None:
         from cityos.storage import engines
-        from cityos.storage.sqlite import SqliteStorage
+        from cityos.storage.pg_catalog import PgCatalogStore
+        from cityos.storage.pg_datastore import PgDatastoreStore
+        from cityos.storage.postgres import PostgresStorage
         from cityos.storage.sqlite_catalog import CatalogStore
         from cityos.storage.sqlite_datastore import DatastoreStore
 
         store = broker.store
-        # the catalog's metadata and datastore are not on PostgreSQL yet (docs/postgres.md)
-        assert isinstance(store, SqliteStorage), "the catalog needs the SQLite engine"
         self.broker = broker
         self.settings = broker.settings
-        self.meta: CatalogStore = CatalogStore(store)
-        self.datastore: DatastoreStore = DatastoreStore(broker.settings.data_dir / "datastore.db")
+        self.meta: CatalogStore | PgCatalogStore = (
+            PgCatalogStore(store)
+            if isinstance(store, PostgresStorage)
+            else CatalogStore(engines.sqlite(store))
+        )
+        self.datastore: DatastoreStore | PgDatastoreStore = (
+            PgDatastoreStore(store)
+            if isinstance(store, PostgresStorage)
+            else DatastoreStore(broker.settings.data_dir / "datastore.db")
+        )
         #: uploaded resource files: <files_dir>/<resource id>/<file name>
         self.files_dir: Path = broker.settings.data_dir / "catalog" / "files"
         self.max_upload = MAX_UPLOAD

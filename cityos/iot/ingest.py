@@ -10,6 +10,8 @@ fails to parse or map changes nothing and is counted by reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -37,7 +39,7 @@ from cityos.iot.provisioning import (
     parse_device,
     parse_group,
 )
-from cityos.storage.base import Mutation, Outcome
+from cityos.storage.base import Mutation, Outcome, Storage
 from cityos.storage.engines import Iot
 
 __all__ = ["Ingestor", "Message", "Prepared", "QuietLog", "Seen"]
@@ -72,6 +74,8 @@ class Ingestor:
         self._devices: dict[tuple[str, str], tuple[float, Device]] = {}
         # the merged mapping of a (group, device) pair, rebuilt only when either is reloaded
         self._mappings: dict[tuple[int, int], tuple[Group, Device, MeasureMapping]] = {}
+        #: (tenant, entity id) -> the latest write queued for it (engines without ordered_writes)
+        self._latest: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._listeners: list[Callable[[Seen], None]] = []
         self._log = QuietLog(log)
 
@@ -158,10 +162,17 @@ class Ingestor:
         return ready
 
     async def commit_many(self, ready: list[Prepared]) -> None:
-        """Write prepared messages (their writes share group commits); count each."""
-        results = await asyncio.gather(
-            *(self.broker.store.apply(p.tenant, p.mutations) for p in ready)
-        )
+        """Write prepared messages (their writes share group commits); count each.
+
+        One device's measures must land in the order they came: on an engine whose
+        concurrent writes may overtake each other, the writes of one entity wait for the
+        previous one, while different entities still go concurrently.
+        """
+        store = self.broker.store
+        if store.ordered_writes:
+            results = await asyncio.gather(*(store.apply(p.tenant, p.mutations) for p in ready))
+        else:
+            results = await self._in_order(store, ready)
         for prepared, outcomes in zip(ready, results, strict=True):
             try:
                 _raise_failed(outcomes)
@@ -169,6 +180,32 @@ class Ingestor:
                 self._refused(prepared.message, exc)
             else:
                 self._accepted(prepared)
+
+    async def _in_order(self, store: Storage, ready: list[Prepared]) -> list[list[Outcome]]:
+        """Apply each write after the earlier ones (of this and earlier batches) on its entities."""
+        results: list[list[Outcome]] = [[] for _ in ready]
+
+        async def run(i: int, before: list[asyncio.Future[None]]) -> None:
+            for earlier in before:
+                with contextlib.suppress(Exception):  # its own caller hears of its failure
+                    await earlier
+            results[i] = await store.apply(ready[i].tenant, ready[i].mutations)
+
+        tasks = []
+        for i, prepared in enumerate(ready):
+            keys = [(prepared.tenant, m.entity_id) for m in prepared.mutations]
+            before = [self._latest[k] for k in keys if k in self._latest]
+            task = asyncio.ensure_future(run(i, before))
+            for k in keys:
+                self._latest[k] = task
+                task.add_done_callback(functools.partial(self._settled, k))
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+        return results
+
+    def _settled(self, key: tuple[str, str], task: asyncio.Future[None]) -> None:
+        if self._latest.get(key) is task:
+            del self._latest[key]
 
     def _refused(self, message: Message, exc: IotError) -> None:
         self.counts[f"refused:{exc.name}"] += 1

@@ -100,6 +100,10 @@ class AttributeInfo:
 class Storage(abc.ABC):
     """What the broker needs from a database engine."""
 
+    #: True when writes started concurrently commit in the order they were started (one
+    #: writer queue); False when they may overtake each other (a pool of connections)
+    ordered_writes: bool = False
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Open connections and create the schema if needed."""

@@ -40,7 +40,8 @@ class EngineError(TypeError):
     """A store was asked for an engine it does not know."""
 
 
-def _sqlite(store: Storage) -> SqliteStorage:
+def sqlite(store: Storage) -> SqliteStorage:
+    """Return store as the SQLite engine, or raise EngineError."""
     if isinstance(store, SqliteStorage):
         return store
     raise EngineError(f"no stores for the engine {type(store).__name__}")
@@ -49,7 +50,7 @@ def _sqlite(store: Storage) -> SqliteStorage:
 def on_change(store: Storage, listener: Callable[[Change], None]) -> None:
     """Call listener with every entity change, in the write's transaction (must not block)."""
     if not isinstance(store, PostgresStorage):
-        _sqlite(store).add_change_hook(lambda _conn, change: listener(change))
+        sqlite(store).add_change_hook(lambda _conn, change: listener(change))
         return
 
     async def hook(_conn: Any, change: Change) -> None:
@@ -63,48 +64,48 @@ def history(store: Storage) -> History:
     if isinstance(store, PostgresStorage):
         store.add_change_hook(pg_record_change)
         return PgHistory(store)
-    sqlite = _sqlite(store)
-    sqlite.add_change_hook(sqlite_record_change)
-    return SqliteHistory(sqlite)
+    lite = sqlite(store)
+    lite.add_change_hook(sqlite_record_change)
+    return SqliteHistory(lite)
 
 
 def history_reader(store: Storage) -> History:
     """Return the history store for reading only (no hook registered)."""
     if isinstance(store, PostgresStorage):
         return PgHistory(store)
-    return SqliteHistory(_sqlite(store))
+    return SqliteHistory(sqlite(store))
 
 
 def iot(store: Storage) -> Iot:
     """Return the IoT registry."""
     if isinstance(store, PostgresStorage):
         return PgIotStore(store)
-    return IotStore(_sqlite(store))
+    return IotStore(sqlite(store))
 
 
 def live(store: Storage) -> Live:
     """Return the live dataset definitions."""
     if isinstance(store, PostgresStorage):
         return PgLiveStore(store)
-    return LiveStore(_sqlite(store))
+    return LiveStore(sqlite(store))
 
 
 def keys(store: Storage) -> Keys:
     """Return the API key store."""
     if isinstance(store, PostgresStorage):
         return PgAuthStore(store)
-    return AuthStore(_sqlite(store))
+    return AuthStore(sqlite(store))
 
 
 def audit(store: Storage) -> Audit:
     """Return the audit log."""
     if isinstance(store, PostgresStorage):
         return PgAuditStore(store)
-    return AuditStore(_sqlite(store))
+    return AuditStore(sqlite(store))
 
 
 def users(store: Storage) -> Users:
     """Return the staff accounts and sessions."""
     if isinstance(store, PostgresStorage):
         return PgUserStore(store)
-    return UserStore(_sqlite(store))
+    return UserStore(sqlite(store))

@@ -202,10 +202,23 @@ class PostgresSubscriptionStore:
             self._listener.add_termination_listener(self._lost)
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening, and hand back what this sender holds (a graceful stop).
+
+        Another sender, or this worker started again, takes the subscriptions over at once
+        instead of after the lease.
+        """
         if self._listener is not None:
             listener, self._listener = self._listener, None
             await listener.close()
+        async with self._store.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE notification_outbox SET claimed_by=NULL WHERE claimed_by=$1",
+                self.sender_id,
+            )
+            await conn.execute(
+                "UPDATE subscriptions SET sender=NULL, lease_until=NULL WHERE sender=$1",
+                self.sender_id,
+            )
 
     def _announced(self, *_: object) -> None:
         self.on_queued()

@@ -164,6 +164,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 class SqliteStorage(Storage):
+    ordered_writes = True  # one writer thread takes the writes in the order they come
     """Entities of every tenant in one SQLite file."""
 
     def __init__(self, path: Path, *, sync: str = "NORMAL", query_threads: int = 2) -> None:

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from cityos.broker import clock
 from cityos.broker.temporal import Retention, to_micros
-from cityos.storage.sqlite_history import SqliteHistory
+from cityos.storage import engines
 
 E = "/ngsi-ld/v1/entities"
 T = "/ngsi-ld/v1/temporal/entities"
@@ -549,7 +549,7 @@ def test_tenants_have_separate_histories(client: TestClient) -> None:
 
 def test_retention_prunes_old_instances(client: TestClient) -> None:
     hourly(client, 4)
-    pruner = Retention(SqliteHistory(client.app.broker.store), 3600)  # type: ignore[attr-defined]
+    pruner = Retention(engines.history_reader(client.app.broker.store), 3600)  # type: ignore[attr-defined]
     now = to_micros("2026-11-25T02:30:00Z")
     assert client.portal.call(pruner.prune, now) == 2  # type: ignore[union-attr]
     assert [v[0] for v in values(client)] == [2.0, 3.0]

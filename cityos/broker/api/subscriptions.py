@@ -15,9 +15,12 @@ from cityos.broker.api import params
 from cityos.broker.api.common import Broker, begin, created, json_response, no_content
 from cityos.broker.errors import AlreadyExists, NgsiError, ResourceNotFound, TooManyResults
 from cityos.broker.model import Doc
-from cityos.broker.notify import Periodic, Sender
+from cityos.broker.notify import Periodic, Sender, Subscriptions
 from cityos.http.routing import Handler
 from cityos.jsonld.context import ActiveContext
+from cityos.storage import engines
+from cityos.storage.pg_subscriptions import PostgresSubscriptionStore
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_subscriptions import Registry, SubscriptionStore
 
@@ -52,8 +55,11 @@ def _sub_id(request: Request) -> str:
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the subscription routes; register matching and delivery with the broker."""
     store = broker.store
-    assert isinstance(store, SqliteStorage), "subscriptions need the SQLite engine"
-    subs = SubscriptionStore(store, Registry())
+    subs: Subscriptions = (
+        PostgresSubscriptionStore(store, Registry())
+        if isinstance(store, PostgresStorage)
+        else SubscriptionStore(engines.sqlite(store), Registry())
+    )
     sender = Sender(subs)
     periodic = Periodic(subs, store)
 
@@ -82,7 +88,10 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
             for live in lives:
                 subs.registry.put(live)
 
-        await store.write(install)
+        if isinstance(store, SqliteStorage):
+            await store.write(install)  # on the writer thread, which matches changes
+        else:
+            install(None)
         SENDERS[id(broker)] = sender
         await sender.start()
         PERIODICS[id(broker)] = periodic
@@ -93,6 +102,8 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         PERIODICS.pop(id(broker), None)
         await sender.stop()
         SENDERS.pop(id(broker), None)
+        if isinstance(subs, PostgresSubscriptionStore):
+            await subs.close()
 
     broker.on_start.append(start)
     broker.on_stop.append(stop)
