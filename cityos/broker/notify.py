@@ -242,6 +242,8 @@ class Sender:
                 await asyncio.wait_for(self._event.wait(), LEASE / 3)
             self._event.clear()
             self._pending = False
+            # deliveries recorded first: rows this sender still holds count against its cap
+            await self.flush()
             while True:
                 try:
                     rows = await subs.claim(FETCH, per_subscription=MAX_QUEUE)
