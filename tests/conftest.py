@@ -27,6 +27,9 @@ from starlette.testclient import TestClient
 
 from cityos.app import create_app
 from cityos.settings import Settings
+from cityos.storage.base import Storage
+from cityos.storage.postgres import PostgresStorage
+from cityos.storage.sqlite import SqliteStorage
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 LD = {"Content-Type": "application/ld+json"}
@@ -63,6 +66,13 @@ def _drop_run_database() -> Iterator[None]:
         asyncio.run(admin_sql(SERVER_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         # migration 7 makes a server-wide reader role per database
         asyncio.run(admin_sql(SERVER_URL, f'DROP ROLE IF EXISTS "{name}_datastore_reader"'))
+
+
+def storage_of(data_dir: Path) -> Storage:
+    """Return (not started) the storage engine the apps of make_client(data_dir) use."""
+    if data_dir in _schemas:
+        return PostgresStorage(_schemas[data_dir])
+    return SqliteStorage(data_dir / "cityos.db")
 
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:

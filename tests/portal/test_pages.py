@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import make_client
+from conftest import make_client, storage_of
 
 from cityos.demo import sano
 from cityos.portal import build_site
@@ -20,7 +20,6 @@ from cityos.portal import data as portal_data
 from cityos.portal.data import PortalData
 from cityos.portal.render import render_page
 from cityos.portal.svg import LEVEL_COLOURS, contrast
-from cityos.storage.sqlite import SqliteStorage
 
 OPS = "/ngsi-ld/v1/entityOperations"
 T0 = datetime(2019, 10, 12, 10, 50, tzinfo=UTC)  # 19:50 JST; twelve readings end at 21:40 JST
@@ -102,7 +101,7 @@ def _load(data_dir: Path) -> None:
 
 
 async def _build(db: Path, **kwargs: Any) -> dict[str, bytes]:
-    store = SqliteStorage(db)
+    store = storage_of(db.parent)  # the engine the data was loaded into
     await store.start()
     try:
         return await build_site(store, **kwargs)
@@ -408,7 +407,7 @@ def test_lite_page_stays_under_10_kb_in_the_worst_case(db: Path) -> None:
     """Every shelter open, every gauge at level 5, an alert per gauge and per device."""
 
     async def gather() -> PortalData:
-        store = SqliteStorage(db)
+        store = storage_of(db.parent)
         await store.start()
         try:
             return await portal_data.gather(store)
