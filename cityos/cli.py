@@ -23,7 +23,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def _settings(**overrides: object) -> Settings:
     try:
         settings = from_env().with_overrides(**overrides)
-        _ = settings.sqlite_path
+        if settings.engine == "sqlite":
+            _ = settings.sqlite_path  # a bad URL scheme is refused here
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     return settings
@@ -54,11 +55,12 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     from granian.constants import Interfaces
 
     from cityos.app import create_app
-    from cityos.storage.sqlite import SchemaError, check_schema
+    from cityos.datadir import check_database
+    from cityos.storage.sqlite import SchemaError
 
     _check_exposure(settings)
+    check_database(settings)
     try:
-        check_schema(settings.sqlite_path)
         create_app(settings)  # refuse bad settings here, with a message, not in the worker
         _check_port(settings.host, settings.port)
     except (SettingsError, SchemaError, ValueError, OSError) as exc:
@@ -72,7 +74,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     )
     click.echo(
         f"cityos {__version__}: NGSI-LD at http://{settings.host}:{settings.port}/ngsi-ld/v1 "
-        f"(data: {settings.sqlite_path})",
+        f"(data: {settings.database_label})",
         err=True,
     )
     Granian(
@@ -191,7 +193,7 @@ def demo(
     if not serve:
         n = asyncio.run(_demo_load(settings))
         click.echo(
-            f"loaded {n} demo entities of Sano (佐野市) into {settings.sqlite_path}", err=True
+            f"loaded {n} demo entities of Sano (佐野市) into {settings.database_label}", err=True
         )
         return
     asyncio.run(_demo_serve(settings, scenario, speed, once))
@@ -235,14 +237,15 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
     import asyncio
 
     from cityos.app import create_app
+    from cityos.datadir import check_database
     from cityos.demo import runner
     from cityos.demo.catalog import publish_live_datasets
     from cityos.demo.scenario import SCENARIOS
-    from cityos.storage.sqlite import SchemaError, check_schema
+    from cityos.storage.sqlite import SchemaError
 
     _check_exposure(settings)
+    check_database(settings)
     try:
-        check_schema(settings.sqlite_path)
         app = create_app(settings)
     except (SettingsError, SchemaError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -257,7 +260,7 @@ async def _demo_serve(settings: Settings, name: str, speed: float, once: bool) -
     )
     server = GracefulServer(config)
     base = f"http://{settings.host}:{settings.port}"
-    click.echo(f"cityos {__version__} demo: {base}/ngsi-ld/v1 (data: {settings.sqlite_path})")
+    click.echo(f"cityos {__version__} demo: {base}/ngsi-ld/v1 (data: {settings.database_label})")
     _demo_urls(base)  # open them while the scenario unfolds
     serving = asyncio.create_task(server.serve())
 
@@ -331,17 +334,14 @@ async def _publish(settings: Settings, to: Path, surge: bool | None) -> list[Any
     import asyncio
 
     from cityos.app import make_storage
+    from cityos.datadir import check_database
     from cityos.portal import surge as surge_switch
     from cityos.portal.api import site_builder
     from cityos.portal.publisher import write_files
-    from cityos.storage.sqlite import SchemaError, check_schema
 
-    if not settings.sqlite_path.exists():
+    if settings.engine == "sqlite" and not settings.sqlite_path.exists():
         raise click.ClickException(f"no database at {settings.sqlite_path}; check --data-dir")
-    try:
-        check_schema(settings.sqlite_path)
-    except SchemaError as exc:
-        raise click.ClickException(str(exc)) from None
+    check_database(settings)
     store = make_storage(settings)
     await store.start()
     try:

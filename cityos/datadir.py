@@ -10,7 +10,8 @@ from typing import Final, TypeVar
 
 import click
 
-from cityos.storage.sqlite import SqliteStorage
+from cityos.settings import Settings
+from cityos.storage.base import Storage
 
 T = TypeVar("T")
 
@@ -23,20 +24,32 @@ DATA_DIR: Final = click.option(
 )
 
 
-def with_storage(data_dir: Path | None, job: Callable[[SqliteStorage], Awaitable[T]]) -> T:
-    """Open the data dir's database (created if needed), run job on it, close it."""
-    from cityos.cli import _settings
+def check_database(settings: Settings) -> None:
+    """Refuse a SQLite file written by a newer cityos (PostgreSQL checks its own at start)."""
     from cityos.storage.sqlite import SchemaError, check_schema
 
-    settings = _settings(data_dir=data_dir)
+    if settings.engine != "sqlite":
+        return
     try:
         check_schema(settings.sqlite_path)
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
 
+
+def with_storage(data_dir: Path | None, job: Callable[[Storage], Awaitable[T]]) -> T:
+    """Open the installation's database (created if needed), run job on it, close it."""
+    from cityos.app import make_storage
+    from cityos.cli import _settings
+
+    settings = _settings(data_dir=data_dir)
+    check_database(settings)
+
     async def run() -> T:
-        store = SqliteStorage(settings.sqlite_path)
-        await store.start()
+        store = make_storage(settings)
+        try:
+            await store.start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach the database: {exc}") from None
         try:
             return await job(store)
         finally:

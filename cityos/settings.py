@@ -90,15 +90,23 @@ class Settings:
             return Path(url[len("sqlite://") :])
         if self.engine == "postgresql":
             raise SettingsError(
-                "CITYOS_DATABASE_URL: the PostgreSQL engine holds NGSI-LD entities only so far; "
-                "the temporal history, subscriptions, catalog, IoT registry, keys and audit log "
-                "are not ported yet, so cityos cannot serve from PostgreSQL (docs/postgres.md). "
-                "`cityos db upgrade` prepares the schema; serve on SQLite meanwhile"
+                "CITYOS_DATABASE_URL names PostgreSQL: this command works on a SQLite "
+                "installation only so far (docs/postgres.md)"
             )
         raise SettingsError(
             f"CITYOS_DATABASE_URL: unsupported scheme in {url!r}; "
             "use sqlite:///path or postgresql://user@host/db"
         )
+
+    @property
+    def database_label(self) -> str:
+        """Return where the data is, for people: the SQLite file or the PostgreSQL URL."""
+        if self.engine == "postgresql":
+            parts = urlsplit(self.database_url or "")
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+            return f"postgresql://{host}{port}{parts.path}"  # no user or password
+        return str(self.sqlite_path)
 
     @property
     def engine(self) -> str:

@@ -52,8 +52,9 @@ def test_bad_values_are_refused(env: dict[str, str], needle: str) -> None:
         from_env(env)
 
 
-def test_a_postgresql_url_is_read_but_not_served_yet() -> None:
-    settings = from_env({"CITYOS_DATABASE_URL": "postgresql://localhost/city"})
+def test_a_postgresql_url_names_no_sqlite_file() -> None:
+    settings = from_env({"CITYOS_DATABASE_URL": "postgresql://cityos:secret@db:5432/city"})
     assert settings.engine == "postgresql"
-    with pytest.raises(SettingsError, match="holds NGSI-LD entities only so far"):
+    assert settings.database_label == "postgresql://db:5432/city"  # no password shown
+    with pytest.raises(SettingsError, match="works on a SQLite installation only so far"):
         _ = settings.sqlite_path

@@ -11,17 +11,18 @@ import click
 
 from cityos.auth.audit import AuditError, Head, canonical
 from cityos.datadir import DATA_DIR, with_storage
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_audit import AuditStore
+from cityos.storage import engines
+from cityos.storage.base import Storage
+from cityos.storage.engines import Audit
 
 T = TypeVar("T")
 
 
-def _run(data_dir: Path | None, job: Callable[[AuditStore], Awaitable[T]]) -> T:
+def _run(data_dir: Path | None, job: Callable[[Audit], Awaitable[T]]) -> T:
     """Run job on the audit log of the data dir."""
 
-    async def run(store: SqliteStorage) -> T:
-        audit = AuditStore(store)
+    async def run(store: Storage) -> T:
+        audit = engines.audit(store)
         await audit.setup()
         return await job(audit)
 
@@ -74,7 +75,7 @@ def verify(expect_head: tuple[int, str] | None, data_dir: Path | None) -> None:
 def export(since: int, output: Path, data_dir: Path | None) -> None:
     """Write records as JSON lines, one canonical object per record, in seq order."""
 
-    async def job(audit: AuditStore) -> tuple[int, int, int]:
+    async def job(audit: Audit) -> tuple[int, int, int]:
         if str(output) == "-":
             return await _write(audit, since, sys.stdout)
         with output.open("w", encoding="utf-8", newline="\n") as out:
@@ -88,7 +89,7 @@ def export(since: int, output: Path, data_dir: Path | None) -> None:
     click.echo(f"exported {count} records{span}", err=True)
 
 
-async def _write(audit: AuditStore, since: int, out: IO[str]) -> tuple[int, int, int]:
+async def _write(audit: Audit, since: int, out: IO[str]) -> tuple[int, int, int]:
     """Write every record after since to out; return how many, the first and last seq."""
     count, first, last = 0, 0, since
     while page := await audit.records(after_seq=last):

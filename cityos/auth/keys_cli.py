@@ -15,8 +15,9 @@ from cityos.auth.audit import Entry
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
 from cityos.datadir import DATA_DIR, cli_actor, with_storage
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage import engines
+from cityos.storage.base import Storage
+from cityos.storage.engines import Keys
 
 T = TypeVar("T")
 
@@ -36,18 +37,16 @@ def _audited(action: str, prefix: str, cred: Credential | None) -> Entry:
 
 def _run(
     data_dir: Path | None,
-    job: Callable[[AuthStore], Awaitable[T]],
+    job: Callable[[Keys], Awaitable[T]],
     audit: Callable[[T], Entry] | None = None,
 ) -> T:
     """Run job on the key store of the data dir, then append its audit record."""
-    from cityos.storage.sqlite_audit import AuditStore
-
-    async def run(store: SqliteStorage) -> T:
-        auth = AuthStore(store)
+    async def run(store: Storage) -> T:
+        auth = engines.keys(store)
         await auth.setup()
         result = await job(auth)
         if audit is not None:
-            log = AuditStore(store)
+            log = engines.audit(store)
             await log.setup()
             await log.append(audit(result))
         return result

@@ -17,10 +17,9 @@ from cityos.auth import users
 from cityos.auth.audit import Entry
 from cityos.auth.users import STAFF_ROLES, Accounts, User, UserInputError
 from cityos.datadir import DATA_DIR, cli_actor, with_storage
+from cityos.storage import engines
+from cityos.storage.base import Storage
 from cityos.storage.engines import Users
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_audit import AuditStore
-from cityos.storage.sqlite_users import UserStore
 
 T = TypeVar("T")
 
@@ -32,13 +31,13 @@ def _run(
 ) -> T:
     """Run job on the accounts of the data dir, then append its audit record (if any)."""
 
-    async def run(store: SqliteStorage) -> T:
-        found = UserStore(store)
+    async def run(store: Storage) -> T:
+        found = engines.users(store)
         await found.setup()
         result = await job(Accounts(found))
         entry = None if audit is None else audit(result)
         if entry is not None:
-            log = AuditStore(store)
+            log = engines.audit(store)
             await log.setup()
             await log.append(entry)
         return result

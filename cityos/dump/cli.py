@@ -18,8 +18,13 @@ from cityos.dump.restore import import_dump
 
 def _installation(data_dir: Path | None) -> Installation:
     from cityos.cli import _settings
+    from cityos.settings import SettingsError
 
-    return Installation.of(_settings(data_dir=data_dir))
+    settings = _settings(data_dir=data_dir)
+    try:
+        return Installation.of(settings)
+    except SettingsError as exc:  # PostgreSQL: the dump reads and writes SQLite files so far
+        raise click.ClickException(str(exc)) from None
 
 
 def _progress(verb: str) -> Callable[[int, str], None]:
