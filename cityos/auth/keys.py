@@ -103,6 +103,22 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_request(
+    name: str,
+    roles: Iterable[str],
+    tenants: Iterable[str],
+    scopes: Iterable[str],
+    *,
+    expires: float | None,
+    now: float,
+) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Return a new key's checked name, roles, tenants and scopes; refuse a past expiry."""
+    checked = check_name(name), check_roles(roles), check_tenants(tenants), check_scopes(scopes)
+    if expires is not None and expires <= now:
+        raise KeyInputError("an expiry must be in the future")
+    return checked
+
+
 def check_name(name: str) -> str:
     """Return a key's name without surrounding blanks, or raise KeyInputError."""
     name = name.strip()

@@ -6,10 +6,26 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from cityos.auth.audit import AuditError, Record, Unreadable
+from cityos.auth.audit import AuditError, Record, Unreadable, canonical
 
 #: the audit_log columns, in the order parse_row expects them
 COLUMNS: Final = "seq, at, actor, action, target, tenant, outcome, detail, prev, hash"
+
+
+def row_values(record: Record) -> tuple[Any, ...]:
+    """Return a record's column values in COLUMNS order, as stored."""
+    return (
+        record.seq,
+        record.at,
+        record.actor,
+        record.action,
+        record.target,
+        record.tenant,
+        record.outcome,
+        canonical(record.detail).decode(),
+        record.prev,
+        record.hash,
+    )
 
 
 def parse_row(row: Sequence[Any]) -> Record | Unreadable:

@@ -26,6 +26,9 @@ class Mutation:
     fn: MutateFn
 
 
+#: derived writes may cause derived writes, this many levels deep at most (every engine)
+MAX_RULE_DEPTH = 4
+
 #: rule(old, new) -> (new, more): derive attributes of an entity being written (returning the
 #: document to store instead of new) and further writes (e.g. an Alert) that commit with it.
 #: Rules run in the writer, so they must be quick, pure and never block.

@@ -24,12 +24,11 @@ from cityos.auth.audit import (
     Record,
     Unreadable,
     Verdict,
-    canonical,
     chain,
     utc_now,
     verify_chain,
 )
-from cityos.storage.audit_rows import COLUMNS, parse_row, readable
+from cityos.storage.audit_rows import COLUMNS, parse_row, readable, row_values
 from cityos.storage.pg_index import Conn
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import DumpRow
@@ -104,16 +103,7 @@ class PgAuditStore:
         record = chain(entry, seq=seq, at=self._clock(), prev=prev)
         await conn.execute(
             f"INSERT INTO audit_log({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            record.seq,
-            record.at,
-            record.actor,
-            record.action,
-            record.target,
-            record.tenant,
-            record.outcome,
-            canonical(record.detail).decode(),
-            record.prev,
-            record.hash,
+            *row_values(record),
         )
         await conn.execute(
             "INSERT INTO audit_head(id, seq, hash) VALUES (1, $1, $2) "

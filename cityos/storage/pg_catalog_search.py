@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from cityos.catalog.search import All, And, Clause, Equals, Match, Not, Query, Range
 from cityos.storage.pg_index import Conn
-from cityos.storage.sqlite_catalog import _conjuncts, _is_fallback
+from cityos.storage.sqlite_catalog import _SORTS, _conjuncts, _is_fallback
 
 #: FTS5's bm25 constants
 _K1: Final = 1.2
@@ -48,14 +48,6 @@ _JOINS: Final = {
     "tags": ("catalog_dataset_tags", "tag", False),
     "groups": ("catalog_dataset_groups", "grp", False),
     "res_format": ("catalog_resources", "format", True),
-}
-_SORTS: Final = {
-    "name": "d.name",
-    "title": "d.title_sort",
-    "metadata_modified": "d.metadata_modified",
-    "metadata_created": "d.metadata_created",
-    "num_resources": "d.num_resources",
-    "num_tags": "d.num_tags",
 }
 _FACET_COLUMNS: Final = {
     "organization": "d.org_name",

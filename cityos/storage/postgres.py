@@ -20,6 +20,7 @@ from cityos.broker.errors import BadRequestData, InternalError, NgsiError
 from cityos.broker.model import Doc
 from cityos.storage import pg_index, pg_query, pg_schema
 from cityos.storage.base import (
+    MAX_RULE_DEPTH,
     AttributeInfo,
     Change,
     EntityQuery,
@@ -33,8 +34,6 @@ from cityos.storage.base import (
 from cityos.storage.pg_index import Conn
 from cityos.storage.pg_query import numbered
 
-#: derived writes may cause derived writes, this many levels deep at most (as on SQLite)
-MAX_RULE_DEPTH = 4
 #: a create that loses a race with another worker's create of the same id is retried
 _WRITE_ATTEMPTS = 3
 

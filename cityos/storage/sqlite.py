@@ -22,6 +22,7 @@ from cityos.broker.model import Doc
 from cityos.storage import sqlite_attrindex as attrindex
 from cityos.storage import sqlite_geo as geoindex
 from cityos.storage.base import (
+    MAX_RULE_DEPTH,
     AttributeInfo,
     Change,
     EntityQuery,
@@ -34,8 +35,6 @@ from cityos.storage.base import (
 )
 from cityos.storage.sqlite_writer import Checkpointer, Writer
 
-#: derived writes may cause derived writes, this many levels deep at most
-MAX_RULE_DEPTH = 4
 #: bumped whenever the schema changes; an older database file is refused with a clear message
 SCHEMA_VERSION = 1
 

@@ -23,12 +23,11 @@ from cityos.auth.audit import (
     Record,
     Unreadable,
     Verdict,
-    canonical,
     chain,
     utc_now,
     verify_chain,
 )
-from cityos.storage.audit_rows import COLUMNS, parse_row
+from cityos.storage.audit_rows import COLUMNS, parse_row, row_values
 from cityos.storage.sqlite import DumpRow, DumpTable, SqliteStorage, dump_tables, load_tables
 
 # STRICT: a value of the wrong type cannot be stored, so verification only meets text it
@@ -105,18 +104,7 @@ class AuditStore:
         record = chain(entry, seq=seq, at=self._clock(), prev=prev)
         conn.execute(
             f"INSERT INTO audit_log({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.seq,
-                record.at,
-                record.actor,
-                record.action,
-                record.target,
-                record.tenant,
-                record.outcome,
-                canonical(record.detail).decode(),
-                record.prev,
-                record.hash,
-            ),
+            row_values(record),
         )
         conn.execute(
             "INSERT INTO audit_head(id, seq, hash) VALUES (1, ?, ?) "

@@ -86,14 +86,9 @@ class AuthStore:
     ) -> tuple[Credential, str]:
         """Store a new key; return it and its plaintext (shown once: only its hash is kept)."""
         created = time.time() if now is None else now
-        name = keys.check_name(name)
-        roles_, tenants_, scopes_ = (
-            keys.check_roles(roles),
-            keys.check_tenants(tenants),
-            keys.check_scopes(scopes),
+        name, roles_, tenants_, scopes_ = keys.check_request(
+            name, roles, tenants, scopes, expires=expires, now=created
         )
-        if expires is not None and expires <= created:
-            raise keys.KeyInputError("an expiry must be in the future")
 
         def run(conn: sqlite3.Connection) -> tuple[Credential, str]:
             while True:  # 8 hex digits: a clash is rare but possible, and prefixes are unique
