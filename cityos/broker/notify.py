@@ -40,10 +40,9 @@ from cityos.broker.model import Doc
 from cityos.broker.subscriptions import Live
 from cityos.http import media
 from cityos.storage.base import Storage
+from cityos.storage.engines import Subscriptions
 from cityos.storage.pg_subscriptions import LEASE, PostgresSubscriptionStore
-from cityos.storage.sqlite_subscriptions import Queued, SubscriptionStore
-
-Subscriptions = SubscriptionStore | PostgresSubscriptionStore
+from cityos.storage.sqlite_subscriptions import Queued
 
 log = logging.getLogger("cityos.notify")
 

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from cityos.broker.api.common import Broker
     from cityos.catalog.live import LiveDatasets
-    from cityos.storage.pg_catalog import PgCatalogStore
-    from cityos.storage.pg_datastore import PgDatastoreStore
-    from cityos.storage.sqlite_catalog import CatalogStore
-    from cityos.storage.sqlite_datastore import DatastoreStore
+    from cityos.storage.engines import CatalogMeta, Datastore
 
 #: uploads through resource_create / resource_update (multipart `upload`)
 MAX_UPLOAD: Final = 100 * 1024 * 1024
@@ -22,25 +19,12 @@ class Catalog:
 
     def __init__(self, broker: Broker) -> None:
         from cityos.storage import engines
-        from cityos.storage.pg_catalog import PgCatalogStore
-        from cityos.storage.pg_datastore import PgDatastoreStore
-        from cityos.storage.postgres import PostgresStorage
-        from cityos.storage.sqlite_catalog import CatalogStore
-        from cityos.storage.sqlite_datastore import DatastoreStore
 
         store = broker.store
         self.broker = broker
         self.settings = broker.settings
-        self.meta: CatalogStore | PgCatalogStore = (
-            PgCatalogStore(store)
-            if isinstance(store, PostgresStorage)
-            else CatalogStore(engines.sqlite(store))
-        )
-        self.datastore: DatastoreStore | PgDatastoreStore = (
-            PgDatastoreStore(store)
-            if isinstance(store, PostgresStorage)
-            else DatastoreStore(broker.settings.data_dir / "datastore.db")
-        )
+        self.meta: CatalogMeta = engines.catalog(store)
+        self.datastore: Datastore = engines.datastore(store, broker.settings.data_dir)
         #: uploaded resource files: <files_dir>/<resource id>/<file name>
         self.files_dir: Path = broker.settings.data_dir / "catalog" / "files"
         self.max_upload = MAX_UPLOAD

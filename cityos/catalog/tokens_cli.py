@@ -11,22 +11,17 @@ import click
 from cityos.datadir import DATA_DIR, with_storage
 from cityos.storage import engines
 from cityos.storage.base import Storage
-from cityos.storage.pg_catalog import PgCatalogStore
-from cityos.storage.postgres import PostgresStorage
-from cityos.storage.sqlite_catalog import CatalogStore, TokenInfo
+from cityos.storage.engines import CatalogMeta
+from cityos.storage.sqlite_catalog import TokenInfo
 
 T = TypeVar("T")
 
 
-def _run(data_dir: Path | None, job: Callable[[CatalogStore | PgCatalogStore], Awaitable[T]]) -> T:
+def _run(data_dir: Path | None, job: Callable[[CatalogMeta], Awaitable[T]]) -> T:
     """Run job on the catalog's store of the data dir."""
 
     async def run(store: Storage) -> T:
-        meta: CatalogStore | PgCatalogStore = (
-            PgCatalogStore(store)
-            if isinstance(store, PostgresStorage)
-            else CatalogStore(engines.sqlite(store))
-        )
+        meta = engines.catalog(store)
         await meta.setup()
         return await job(meta)
 

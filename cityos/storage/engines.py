@@ -8,24 +8,31 @@ here instead of naming an engine, and register engine-neutral change listeners w
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cityos.storage.base import Change, Storage
 from cityos.storage.pg_audit import PgAuditStore
 from cityos.storage.pg_auth import PgAuthStore
+from cityos.storage.pg_catalog import PgCatalogStore
+from cityos.storage.pg_datastore import PgDatastoreStore
 from cityos.storage.pg_history import PgHistory
 from cityos.storage.pg_history import record_change as pg_record_change
 from cityos.storage.pg_iot import PgIotStore
 from cityos.storage.pg_live import PgLiveStore
+from cityos.storage.pg_subscriptions import PostgresSubscriptionStore
 from cityos.storage.pg_users import PgUserStore
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage.sqlite_catalog import CatalogStore
+from cityos.storage.sqlite_datastore import DatastoreStore
 from cityos.storage.sqlite_history import SqliteHistory
 from cityos.storage.sqlite_history import record_change as sqlite_record_change
 from cityos.storage.sqlite_iot import IotStore
 from cityos.storage.sqlite_live import LiveStore
+from cityos.storage.sqlite_subscriptions import Registry, SubscriptionStore
 from cityos.storage.sqlite_users import UserStore
 
 History = SqliteHistory | PgHistory
@@ -34,6 +41,9 @@ Live = LiveStore | PgLiveStore
 Keys = AuthStore | PgAuthStore
 Audit = AuditStore | PgAuditStore
 Users = UserStore | PgUserStore
+CatalogMeta = CatalogStore | PgCatalogStore
+Datastore = DatastoreStore | PgDatastoreStore
+Subscriptions = SubscriptionStore | PostgresSubscriptionStore
 
 
 class EngineError(TypeError):
@@ -109,3 +119,25 @@ def users(store: Storage) -> Users:
     if isinstance(store, PostgresStorage):
         return PgUserStore(store)
     return UserStore(sqlite(store))
+
+
+def catalog(store: Storage) -> CatalogMeta:
+    """Return the catalog's metadata store."""
+    if isinstance(store, PostgresStorage):
+        return PgCatalogStore(store)
+    return CatalogStore(sqlite(store))
+
+
+def datastore(store: Storage, data_dir: Path) -> Datastore:
+    """Return the datastore (on SQLite, a file of its own in the data dir)."""
+    if isinstance(store, PostgresStorage):
+        return PgDatastoreStore(store)
+    sqlite(store)
+    return DatastoreStore(data_dir / "datastore.db")
+
+
+def subscriptions(store: Storage, registry: Registry) -> Subscriptions:
+    """Return the subscriptions and their outbox, matching changes against registry."""
+    if isinstance(store, PostgresStorage):
+        return PostgresSubscriptionStore(store, registry)
+    return SubscriptionStore(sqlite(store), registry)

@@ -15,14 +15,13 @@ from cityos.broker.api import params
 from cityos.broker.api.common import Broker, begin, created, json_response, no_content
 from cityos.broker.errors import AlreadyExists, NgsiError, ResourceNotFound, TooManyResults
 from cityos.broker.model import Doc
-from cityos.broker.notify import Periodic, Sender, Subscriptions
+from cityos.broker.notify import Periodic, Sender
 from cityos.http.routing import Handler
 from cityos.jsonld.context import ActiveContext
 from cityos.storage import engines
 from cityos.storage.pg_subscriptions import PostgresSubscriptionStore
-from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_subscriptions import Registry, SubscriptionStore
+from cityos.storage.sqlite_subscriptions import Registry
 
 BASE = "/ngsi-ld/v1/subscriptions"
 log = logging.getLogger("cityos.subscriptions")
@@ -55,11 +54,7 @@ def _sub_id(request: Request) -> str:
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the subscription routes; register matching and delivery with the broker."""
     store = broker.store
-    subs: Subscriptions = (
-        PostgresSubscriptionStore(store, Registry())
-        if isinstance(store, PostgresStorage)
-        else SubscriptionStore(engines.sqlite(store), Registry())
-    )
+    subs = engines.subscriptions(store, Registry())
     sender = Sender(subs)
     periodic = Periodic(subs, store)
 
