@@ -7,6 +7,7 @@ share one database: entity writes lock the entity's row, and migrations run once
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,8 @@ from cityos.storage.base import (
 from cityos.storage.pg_index import Conn
 from cityos.storage.pg_query import numbered
 
+#: seconds a shutdown waits for connections still in use before cutting them
+CLOSE_TIMEOUT = 10.0
 #: a create that loses a race with another worker's create of the same id is retried
 _WRITE_ATTEMPTS = 3
 
@@ -85,9 +88,15 @@ class PostgresStorage(Storage):
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
 
     async def close(self) -> None:
+        """Close the pool; connections still held after CLOSE_TIMEOUT seconds are cut."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                # asyncpg waits for every acquired connection to come back, without limit
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("PostgreSQL connections still busy after %s s: cut", CLOSE_TIMEOUT)
+                pool.terminate()
 
     # -- reads ---------------------------------------------------------------------------
     async def tenant_exists(self, tenant: str) -> bool:
