@@ -22,12 +22,14 @@ from cityos.auth.users import Accounts
 from cityos.broker.api import batch, discovery, entities, query, subscriptions, temporal
 from cityos.broker.api import contexts as contexts_api
 from cityos.broker.api.common import Broker
+from cityos.bus import CacheDrop
 from cityos.catalog.api import catalog_routes
 from cityos.catalog.dcat_api import dcat_routes
 from cityos.catalog.dump_api import dump_routes
 from cityos.catalog.files_api import files_routes
 from cityos.catalog.pages import pages_routes
 from cityos.catalog.service import Catalog
+from cityos.cluster import Cluster
 from cityos.http.middleware.auth import AuthMiddleware
 from cityos.http.middleware.errors import ErrorMiddleware, not_found_app
 from cityos.http.middleware.security import CorsMiddleware, SecurityHeadersMiddleware
@@ -70,6 +72,26 @@ def rsgi_app_from_env() -> RsgiBridge:
     return RsgiBridge(app, lifespan=app.lifespan, fast=files.rsgi)  # type: ignore[attr-defined]
 
 
+#: the name of the cache of found API keys on the bus (key: the revoked key's prefix)
+KEYS_CACHE = "auth.keys"
+
+
+def _share_revocations(cluster: Cluster, identity: Identity) -> None:
+    """A key revoked in one worker stops working in every worker at once."""
+    if not cluster.shared:
+        return
+
+    async def announce(prefix: str) -> None:
+        await cluster.publish(CacheDrop(KEYS_CACHE, prefix))
+
+    def dropped(event: CacheDrop) -> None:
+        if event.name == KEYS_CACHE and event.key is not None:
+            identity.forget(event.key)
+
+    identity.announce = announce
+    cluster.on(CacheDrop, dropped)
+
+
 def create_app(settings: Settings) -> ASGIApp:
     """Return the cityos ASGI application for these settings."""
     store = make_storage(settings)
@@ -82,7 +104,12 @@ def create_app(settings: Settings) -> ASGIApp:
             for name, path in PROJECT_CONTEXTS.items()
         },
     )
-    broker = Broker(store, loader, settings)
+    cluster = Cluster(
+        settings.bus_url,
+        settings.database_url if settings.engine == "postgresql" else None,
+        namespace=settings.bus_namespace,
+    )
+    broker = Broker(store, loader, settings, cluster)
     if isinstance(store, SqliteStorage | PostgresStorage):
         for rule in rules.RULES:
             store.add_rule(rule)
@@ -93,6 +120,7 @@ def create_app(settings: Settings) -> ASGIApp:
         nonlocal ready
         await store.start()
         await contexts_api.restore(broker)
+        await cluster.start()  # before the jobs: they ask whether this worker leads
         for start in broker.on_start:
             await start()
         ready = True
@@ -102,6 +130,7 @@ def create_app(settings: Settings) -> ASGIApp:
             ready = False
             for stop in reversed(broker.on_stop):
                 await stop()
+            await cluster.stop()
             await loader.close()
             await store.close()
 
@@ -121,6 +150,7 @@ def create_app(settings: Settings) -> ASGIApp:
     accounts = Accounts(staff)
     oidc = OidcVerifier(settings.oidc) if settings.oidc is not None else None
     identity = Identity(keys, token_user=catalog.user_for_token, oidc=oidc)
+    _share_revocations(cluster, identity)
     policy = Policy.from_settings(settings.public_types, settings.public_tenants)
     table = (
         entities.routes(broker)

@@ -25,6 +25,8 @@ def _settings(**overrides: object) -> Settings:
         settings = from_env().with_overrides(**overrides)
         if settings.engine == "sqlite":
             _ = settings.sqlite_path  # a bad URL scheme is refused here
+        if error := settings.workers_error():
+            raise SettingsError(error)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     return settings
@@ -55,6 +57,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     from granian.constants import Interfaces
 
     from cityos.app import create_app
+    from cityos.bus.base import redact
     from cityos.datadir import check_database
     from cityos.storage.sqlite import SchemaError
 
@@ -70,11 +73,14 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
             "CITYOS_HOST": settings.host,
             "CITYOS_PORT": str(settings.port),
             "CITYOS_DATA_DIR": str(settings.data_dir),
+            "CITYOS_WORKERS": str(settings.workers),
         }
     )
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    bus = f", bus: {redact(settings.bus_url)}" if settings.bus_url else ""
     click.echo(
         f"cityos {__version__}: NGSI-LD at http://{settings.host}:{settings.port}/ngsi-ld/v1 "
-        f"(data: {settings.database_label})",
+        f"(data: {settings.database_label}{workers}{bus})",
         err=True,
     )
     Granian(
@@ -84,7 +90,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         interface=Interfaces.RSGI,
         websockets=False,
         factory=True,
-        workers=1,
+        workers=settings.workers,
         backlog=4096,
         log_access=access_log,
         workers_kill_timeout=30,
@@ -146,9 +152,22 @@ def main() -> None:
 @main.command()
 @server_options
 @click.option("--access-log/--no-access-log", default=False, help="Log every request")
-def serve(host: str | None, port: int | None, data_dir: Path | None, access_log: bool) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes; above 1 needs PostgreSQL and CITYOS_BUS_URL [env CITYOS_WORKERS; 1]",
+)
+def serve(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    access_log: bool,
+    workers: int | None,
+) -> None:
     """Run the cityos server (NGSI-LD API under /ngsi-ld/v1, health at /-/health)."""
-    run_server(_settings(host=host, port=port, data_dir=data_dir), access_log=access_log)
+    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers)
+    run_server(settings, access_log=access_log)
 
 
 #: about 2.5 minutes for the 21 simulated hours of typhoon-2019

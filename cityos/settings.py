@@ -55,6 +55,13 @@ class Settings:
     public_types: str | None = None
     public_tenants: str | None = None
     oidc: OidcConfig | None = None  # the city's identity provider (CITYOS_OIDC_*); None: off
+    # several workers: the bus between them (None: one worker), the namespace of this
+    # installation's names on it, how many worker processes `cityos serve` starts, and how
+    # long a worker holds notifications it took before another may take them over (seconds)
+    bus_url: str | None = None
+    bus_namespace: str = "cityos"
+    workers: int = 1
+    notify_lease: float = 30.0
 
     @property
     def loopback(self) -> bool:
@@ -68,6 +75,24 @@ class Settings:
                 f"CITYOS_AUTH=off is only allowed on a loopback address, not {self.host}: "
                 "anyone on the network could write; set CITYOS_AUTH=on (and create keys with "
                 "`cityos keys create`) or listen on 127.0.0.1"
+            )
+        return None
+
+    def workers_error(self) -> str | None:
+        """Return why these settings cannot run `workers` processes, or None."""
+        if self.workers < 1:
+            return f"CITYOS_WORKERS / --workers must be at least 1, got {self.workers}"
+        if self.workers == 1:
+            return None
+        if self.engine != "postgresql":
+            return (
+                f"{self.workers} workers need PostgreSQL (CITYOS_DATABASE_URL=postgresql://...): "
+                "SQLite has one writer, so it serves one worker (docs/production.md)"
+            )
+        if self.bus_url is None:
+            return (
+                f"{self.workers} workers need a bus to tell each other of changes: set "
+                "CITYOS_BUS_URL=redis://127.0.0.1:6379/0 or nats://127.0.0.1:4222 (docs/bus.md)"
             )
         return None
 
@@ -214,6 +239,29 @@ def _seconds(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+def _bus_url(env: dict[str, str]) -> str | None:
+    from cityos.bus.base import redact
+
+    raw = env.get("CITYOS_BUS_URL", "").strip()
+    if not raw:
+        return None
+    if urlsplit(raw).scheme.lower() not in ("redis", "rediss", "nats"):
+        raise SettingsError(
+            f"CITYOS_BUS_URL: unsupported bus {redact(raw)!r}; use redis://host:6379/0, "
+            "rediss://host:6380/0 or nats://host:4222 (leave it unset for a single worker)"
+        )
+    return raw
+
+
+def _bus_namespace(env: dict[str, str]) -> str:
+    raw = env.get("CITYOS_BUS_NAMESPACE", "").strip() or "cityos"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", raw):
+        raise SettingsError(
+            f"CITYOS_BUS_NAMESPACE must be one word of A-Z a-z 0-9 _ -, got {raw!r}"
+        )
+    return raw
+
+
 def _retention(env: dict[str, str]) -> int | None:
     raw = env.get("CITYOS_HISTORY_RETENTION", "").strip()
     if not raw:
@@ -271,7 +319,17 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         public_types=_names(e, "CITYOS_PUBLIC_TYPES", _TYPE_NAME),
         public_tenants=_names(e, "CITYOS_PUBLIC_TENANTS", _TENANT_NAME),
         oidc=_oidc(e),
+        bus_url=_bus_url(e),
+        bus_namespace=_bus_namespace(e),
+        workers=_int(e, "CITYOS_WORKERS", 1),
+        notify_lease=float(_int(e, "CITYOS_NOTIFY_LEASE", 30)),
     )
+    if s.notify_lease < 1:
+        raise SettingsError(
+            f"CITYOS_NOTIFY_LEASE must be at least 1 second, got {s.notify_lease:g}"
+        )
+    if error := s.workers_error():
+        raise SettingsError(error)
     _ = s.mqtt  # validate the MQTT URL early
     if s.engine == "sqlite":
         _ = s.sqlite_path  # validate the URL scheme early

@@ -139,6 +139,8 @@ class Identity:
         self._cache: dict[str, tuple[Credential, float, Found]] = {}
         #: sha256 of a catalog token -> (until when it is trusted, what it identifies)
         self._tokens: dict[str, tuple[float, Found]] = {}
+        #: tells the other workers a key was revoked (the app sets it when there are others)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     async def identify(self, credential: str | None) -> Found:
         """Return the principal of a presented credential (None: anonymous)."""
@@ -196,9 +198,11 @@ class Identity:
         await self.store.touch(key_id, now=self._clock())
 
     async def revoke(self, prefix: str) -> Credential | None:
-        """Revoke a key and stop trusting it in this process at once."""
+        """Revoke a key and stop trusting it in this process and the other workers at once."""
         found = await self.store.revoke(prefix, now=self._clock())
         self.forget(prefix)
+        if self.announce is not None:
+            await self.announce(prefix)
         return found
 
     def forget(self, prefix: str) -> None:

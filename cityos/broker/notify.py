@@ -25,7 +25,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -41,7 +41,7 @@ from cityos.broker.subscriptions import Live
 from cityos.http import media
 from cityos.storage.base import Storage
 from cityos.storage.engines import Subscriptions
-from cityos.storage.pg_subscriptions import LEASE, PostgresSubscriptionStore
+from cityos.storage.pg_subscriptions import PostgresSubscriptionStore
 from cityos.storage.sqlite_subscriptions import Queued
 
 log = logging.getLogger("cityos.notify")
@@ -79,6 +79,9 @@ class RealClock:
         await asyncio.sleep(seconds)
 
 
+_MERGED: Final = uuid.UUID("6f1d4c1e-2b8a-5d0e-9c63-1a2b3c4d5e6f")
+
+
 def backoff(attempts: int) -> float:
     """Return the wait before retry number ``attempts`` (1, 2, 4 ... seconds, capped)."""
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1)))
@@ -88,7 +91,10 @@ def merged(rows: list[Queued]) -> Doc:
     """Return one notification carrying the data of several, in their order."""
     first = dict(rows[0].payload)
     if len(rows) > 1:
-        first["id"] = f"urn:ngsi-ld:Notification:{uuid.uuid4()}"
+        # the same rows sent again (a worker died before recording the delivery) keep their id,
+        # so a receiver can tell a repeat from a new notification
+        seqs = ",".join(str(r.seq) for r in rows)
+        first["id"] = f"urn:ngsi-ld:Notification:{uuid.uuid5(_MERGED, f'{rows[0].sub_id}/{seqs}')}"
         first["data"] = [d for r in rows for d in r.payload["data"]]
     return first
 
@@ -121,8 +127,11 @@ class Sender:
         subs: Subscriptions,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        lookup: Callable[[str, str], Awaitable[Live | None]] | None = None,
     ) -> None:
         self._subs = subs
+        # loads a subscription this worker has not heard of yet (another worker created it)
+        self._lookup = lookup
         self.clock: Clock = clock or RealClock()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -238,7 +247,7 @@ class Sender:
         """
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), LEASE / 3)
+                await asyncio.wait_for(self._event.wait(), subs.lease / 3)
             self._event.clear()
             self._pending = False
             # deliveries recorded first: rows this sender still holds count against its cap
@@ -271,6 +280,8 @@ class Sender:
                 if not queue:
                     break
                 live = self._subs.registry.get(*key)
+                if live is None and self._lookup is not None:
+                    live = await self._lookup(*key)
                 if live is None:  # deleted, and its outbox rows with it
                     queue.clear()
                     self._overflow.discard(key)
@@ -400,9 +411,13 @@ class Periodic:
     active (created, resumed, its interval changed, or the broker restarted).
     """
 
-    def __init__(self, subs: Subscriptions, storage: Storage) -> None:
+    def __init__(
+        self, subs: Subscriptions, storage: Storage, leader: Callable[[], bool] = lambda: True
+    ) -> None:
         self._subs = subs
         self._storage = storage
+        # several workers keep the schedule; only the leader queues the notifications
+        self._leader = leader
         # (tenant, id) -> (the interval it was scheduled with, when it is next due)
         self._due: dict[tuple[str, str], tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -449,7 +464,8 @@ class Periodic:
                 # new, resumed, re-timed, or the wall clock went back: count from now
                 state = (interval, now + interval)
             elif now >= state[1]:
-                queued += await self._notify(live, at)
+                if self._leader():
+                    queued += await self._notify(live, at)
                 # rounds missed while busy or suspended are skipped, not sent in a burst
                 missed = math.floor((now - state[1]) / interval)
                 state = (interval, state[1] + (missed + 1) * interval)

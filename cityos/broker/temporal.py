@@ -542,9 +542,12 @@ class Pruner(Protocol):
 class Retention:
     """Delete instances older than the retention, at start and then periodically."""
 
-    def __init__(self, history: Pruner, seconds: int) -> None:
+    def __init__(
+        self, history: Pruner, seconds: int, leader: Callable[[], bool] = lambda: True
+    ) -> None:
         self.history = history
         self.seconds = seconds
+        self._leader = leader  # several workers: the leader prunes
         # often enough that history exceeds the retention by at most a tenth of it
         self.every = max(1.0, min(3600.0, seconds / 10))
         self._task: asyncio.Task[None] | None = None
@@ -558,7 +561,8 @@ class Retention:
 
     async def start(self) -> None:
         """Prune once, then keep pruning in the background."""
-        await self.prune(to_micros(clock.now()))
+        if self._leader():
+            await self.prune(to_micros(clock.now()))
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -572,6 +576,8 @@ class Retention:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.every)
+            if not self._leader():
+                continue
             try:
                 await self.prune(to_micros(clock.now()))
             except Exception:  # keep pruning; the next round retries

@@ -28,6 +28,7 @@ from cityos.auth.policy import Operation
 from cityos.broker.api.params import entity_query
 from cityos.broker.errors import NgsiError
 from cityos.broker.render import RenderOptions, render_entity
+from cityos.bus import CacheDrop, SnapshotDue
 from cityos.catalog import registry, validate
 from cityos.catalog.errors import CkanError, NotAuthorized, NotFound, ValidationError
 from cityos.catalog.registry import Context
@@ -171,6 +172,12 @@ def geojson_bytes(table: Table) -> bytes:
     return orjson.dumps({"type": "FeatureCollection", "features": table.features})
 
 
+#: on the bus: a live dataset's snapshot name is this prefix and its name; its definitions
+#: are the cache of this name
+LIVE_PREFIX: Final = "live:"
+LIVE_CACHE: Final = "catalog.live"
+
+
 class LiveDatasets:
     """Keep live datasets in step with their entities."""
 
@@ -185,6 +192,11 @@ class LiveDatasets:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # several workers: the leader rebuilds; the others tell it what became dirty
+        self._cluster = catalog.broker.cluster
+        self._cluster.on(SnapshotDue, self._due)
+        self._cluster.on(CacheDrop, self._redefined)
+        self._cluster.leadership.on_gain.append(self._lead)
 
     @property
     def _ctx(self) -> ActiveContext:
@@ -216,13 +228,7 @@ class LiveDatasets:
     async def start(self) -> None:
         """Load the definitions, rebuild them all once, then follow changes."""
         await self._store.setup()
-        for d in await self._store.all():
-            try:
-                _, types = parse_query(d.query, self._ctx)
-            except CkanError:
-                log.warning("live dataset %s: its query no longer parses: %s", d.name, d.query)
-                continue
-            self._defs[d.name] = (d, types)
+        await self._load()
         self._dirty.update(self._defs)
         self._wake = asyncio.Event()
         self._wake.set()
@@ -244,10 +250,48 @@ class LiveDatasets:
             names, self._dirty = sorted(self._dirty), set()
             for name in names:
                 try:
-                    await self.rebuild(name)
+                    if self._cluster.is_leader():
+                        await self.rebuild(name)
+                    else:
+                        await self._cluster.publish(SnapshotDue(LIVE_PREFIX + name))
                 except Exception:  # logged; the next change tries again
                     log.exception("live dataset %s: rebuild failed", name)
             await asyncio.sleep(self.interval)
+
+    # -- several workers ----------------------------------------------------------------------
+    def _mark(self, names: Iterable[str]) -> None:
+        self._dirty.update(names)
+        if self._loop is not None:
+            self._wake.set()
+
+    def _lead(self) -> None:
+        """This worker has just become the leader: rebuild everything once."""
+        self._mark(self._defs)
+
+    async def _due(self, event: SnapshotDue) -> None:
+        if not event.name.startswith(LIVE_PREFIX) or not self._cluster.is_leader():
+            return
+        name = event.name.removeprefix(LIVE_PREFIX)
+        if name not in self._defs:
+            await self._load()  # defined by another worker, and its event missed
+        if name in self._defs:
+            self._mark([name])
+
+    async def _redefined(self, event: CacheDrop) -> None:
+        if event.name == LIVE_CACHE:
+            await self._load()
+
+    async def _load(self) -> None:
+        """Make the definitions what is stored (another worker defined one)."""
+        defs: dict[str, tuple[LiveDefinition, frozenset[str]]] = {}
+        for d in await self._store.all():
+            try:
+                _, types = parse_query(d.query, self._ctx)
+            except CkanError:
+                log.warning("live dataset %s: its query no longer parses: %s", d.name, d.query)
+                continue
+            defs[d.name] = (d, types)
+        self._defs = defs
 
     # -- defining ---------------------------------------------------------------------------
     async def define(self, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +320,7 @@ class LiveDatasets:
         definition = LiveDefinition(package["name"], tenant, query)
         await self._store.save(definition)
         self._defs[definition.name] = (definition, types)
+        await self._cluster.publish(CacheDrop(LIVE_CACHE, definition.name))
         await self.rebuild(definition.name)
         shown: dict[str, Any] = await registry.call(ctx, "package_show", {"id": package["id"]})
         return shown

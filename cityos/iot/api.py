@@ -8,7 +8,7 @@ parse or map changes nothing.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
@@ -17,6 +17,7 @@ from starlette.responses import Response
 from cityos import __version__
 from cityos.broker.api.common import Broker, read_body
 from cityos.broker.errors import NgsiError
+from cityos.bus import CacheDrop
 from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.iot import payloads
@@ -58,12 +59,18 @@ def _iot_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+#: the name of the provisioning cache on the bus
+IOT_CACHE: Final = "iot.provisioning"
+
+
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the IoT Agent provisioning and HTTP ingestion routes."""
     iot = engines.iot(broker.store)
     ingestor = Ingestor(broker, iot)
 
-    monitor = HealthMonitor(broker, iot, ingestor, every=broker.settings.device_check)
+    monitor = HealthMonitor(
+        broker, iot, ingestor, every=broker.settings.device_check, leader=broker.cluster.is_leader
+    )
 
     async def start() -> None:
         await iot.setup()
@@ -71,6 +78,17 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
 
     broker.on_start.append(start)
     broker.on_stop.append(monitor.stop)
+
+    async def provisioned() -> None:
+        """Forget the cached groups and devices here and in every other worker."""
+        ingestor.forget()
+        await broker.cluster.publish(CacheDrop(IOT_CACHE))
+
+    def dropped(event: CacheDrop) -> None:
+        if event.name == IOT_CACHE:
+            ingestor.forget()
+
+    broker.cluster.on(CacheDrop, dropped)
     subscriber: MqttIngest | None = None
     if broker.settings.mqtt is not None:
         subscriber = MqttIngest(ingestor, broker.settings)
@@ -127,7 +145,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
                 f"a group with resource {taken[0]!r} and apikey {taken[1]!r} already exists",
                 409,
             )
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 201)
 
     async def list_groups(request: Request) -> Response:
@@ -162,7 +180,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         group = parse_group({**old, **changes})
         if not await iot.update_group(tenant, resource, apikey, group.doc):
             raise _group_not_found(resource, apikey)
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 204)
 
     async def delete_group(request: Request) -> Response:
@@ -170,7 +188,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         resource, apikey = group_key(request)
         if not await iot.delete_group(tenant, resource, apikey):
             raise _group_not_found(resource, apikey)
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 204)
 
     # -- devices ------------------------------------------------------------------------------
@@ -186,7 +204,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         taken = await iot.insert_devices(tenant, path, [(d.device_id, d.doc) for d in devices])
         if taken is not None:
             raise IotError("DUPLICATE_DEVICE_ID", f"a device with id {taken!r} already exists", 409)
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 201)
 
     async def list_devices(request: Request) -> Response:
@@ -218,7 +236,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         mapping_for(device, None)
         if not await iot.update_device(tenant, device_id, device.doc):
             raise _device_not_found(device_id)
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 204)
 
     async def delete_device(request: Request) -> Response:
@@ -226,7 +244,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         device_id = request.path_params["device_id"]
         if not await iot.delete_device(tenant, device_id):
             raise _device_not_found(device_id)
-        ingestor.forget()
+        await provisioned()
         return Response(b"", 204)
 
     # -- south-bound --------------------------------------------------------------------------

@@ -79,12 +79,15 @@ class HealthMonitor:
         *,
         every: float,
         now: Callable[[], float] = time.time,
+        leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.broker = broker
         self.iot = iot
         self.ingestor = ingestor
         self.every = every
         self._now = now
+        # every worker stores the times its devices were seen; the leader raises the Alerts
+        self._leader = leader
         self._dirty: dict[tuple[str, str], float] = {}
         self._started_at = now()
         self._task: asyncio.Task[None] | None = None
@@ -110,7 +113,7 @@ class HealthMonitor:
         while True:
             await asyncio.sleep(self.every)
             try:
-                await self.check()
+                await (self.check() if self._leader() else self.flush())
             except Exception:  # keep checking: one failed round must not end device health
                 log.exception("device health check failed")
 

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from cityos.broker.api.common import Broker, parse_json, read_body
+from cityos.bus import CacheDrop, SnapshotDue
 from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.portal import surge
@@ -27,6 +28,10 @@ log = logging.getLogger("cityos.portal")
 MAX_ADMIN_BODY = 4096
 #: how long PUT /admin/portal/surge waits for the pages it switched to be published
 SWITCH_WAIT = 10.0
+#: on the bus: the portal's snapshot is due (a change; the surge switch), and it was published
+PORTAL = "portal"
+PORTAL_SURGE = "portal.surge"
+PORTAL_PUBLISHED = "portal.published"
 
 
 def site_builder(store: Storage, *, tenant: str = "", tile_url: str | None = None) -> Builder:
@@ -62,20 +67,66 @@ def portal_routes(
         if isinstance(store, SqliteStorage):
             await store.write(_noop)
 
+    cluster = broker.cluster
     publisher = Publisher(
         files.root,
         builder or site_builder(store, tile_url=broker.settings.portal_tile_url),
         barrier=barrier,
         on_publish=files.forget,
+        leader=cluster.is_leader,
+        relay=lambda: cluster.publish(SnapshotDue(PORTAL)),
     )
     engines.on_change(store, publisher.note)
+    switched: list[asyncio.Future[None]] = []  # surge switches waiting for the leader's build
+    lead: list[asyncio.Future[bool]] = []  # the build on taking the lead
 
     async def start() -> None:
         publisher.surge = (await surge.load(store)).surge
         await publisher.start()
 
+    async def stop() -> None:
+        for task in lead:
+            task.cancel()
+        lead.clear()
+        await publisher.stop()
+
     broker.on_start.append(start)
-    broker.on_stop.append(publisher.stop)
+    broker.on_stop.append(stop)
+
+    async def leader_publish(hurry: bool) -> bool:
+        publisher.surge = (await surge.load(store)).surge  # perhaps switched in another worker
+        if not hurry:
+            publisher.poke()
+            return True
+        try:
+            await asyncio.wait_for(publisher.publish_now(), SWITCH_WAIT)
+        except Exception:  # the switch is stored; the publisher keeps retrying
+            log.exception("portal: publishing after the surge switch failed")
+            return False
+        return True
+
+    async def due(event: SnapshotDue) -> None:
+        # another worker saw portal data change, or switched the surge mode
+        if event.name not in (PORTAL, PORTAL_SURGE) or not cluster.is_leader():
+            return
+        surged = event.name == PORTAL_SURGE
+        if await leader_publish(hurry=surged) and surged:
+            await cluster.publish(CacheDrop(PORTAL_PUBLISHED))
+
+    def published(event: CacheDrop) -> None:
+        if event.name == PORTAL_PUBLISHED:
+            for fut in switched:
+                if not fut.done():
+                    fut.set_result(None)
+            switched.clear()
+
+    def took_lead() -> None:
+        # the last leader may have died with a build due: build once now, in the surge mode stored
+        lead.append(asyncio.ensure_future(leader_publish(hurry=False)))
+
+    cluster.on(SnapshotDue, due)
+    cluster.on(CacheDrop, published)
+    cluster.leadership.on_gain.append(took_lead)
 
     async def get_surge(_: Request) -> Response:
         return _json((await surge.load(store)).to_json())
@@ -83,13 +134,17 @@ def portal_routes(
     async def put_surge(request: Request) -> Response:
         on = surge.parse_switch(parse_json(await read_body(request, MAX_ADMIN_BODY)))
         state = await surge.save(store, on)
-        publisher.surge = on
-        published = True
-        try:
-            await asyncio.wait_for(publisher.publish_now(), SWITCH_WAIT)
-        except Exception:  # the switch is stored; the publisher keeps retrying
-            log.exception("portal: publishing after the surge switch failed")
-            published = False
+        if cluster.is_leader():
+            published = await leader_publish(hurry=True)
+        else:  # the leader builds; wait for its word that the files are out
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            switched.append(fut)
+            await cluster.publish(SnapshotDue(PORTAL_SURGE))
+            try:
+                await asyncio.wait_for(fut, SWITCH_WAIT)
+                published = True
+            except TimeoutError:
+                published = False
         return _json({**state.to_json(), "published": published})
 
     return [

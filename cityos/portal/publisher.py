@@ -145,6 +145,8 @@ class Publisher:
         barrier: Callable[[], Awaitable[object]] | None = None,
         max_retry: float = 30.0,
         on_publish: Callable[[], None] | None = None,
+        leader: Callable[[], bool] = lambda: True,
+        relay: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.root = root
         self.surge = False
@@ -157,6 +159,9 @@ class Publisher:
         self._barrier = barrier
         self._max_retry = max_retry
         self._on_publish = on_publish  # called after files changed (the server's file cache)
+        # several workers: the leader builds; the others relay that a build is due
+        self._leader = leader
+        self._relay = relay
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -220,6 +225,13 @@ class Publisher:
             self._wake.clear()
             self._hurry.clear()
             self._dirty = False
+            if not self._leader() and self._relay is not None:
+                self._last = time.monotonic()
+                try:
+                    await self._relay()
+                except Exception:  # the leader rebuilds at the next change anyway
+                    log.exception("portal: telling the leader to publish failed")
+                continue
             waiters, self._waiters = self._waiters, []
             self._last = time.monotonic()
             try:

@@ -20,7 +20,7 @@ from cityos.storage.pg_history import PgHistory
 from cityos.storage.pg_history import record_change as pg_record_change
 from cityos.storage.pg_iot import PgIotStore
 from cityos.storage.pg_live import PgLiveStore
-from cityos.storage.pg_subscriptions import PostgresSubscriptionStore
+from cityos.storage.pg_subscriptions import LEASE, PostgresSubscriptionStore
 from cityos.storage.pg_users import PgUserStore
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
@@ -136,8 +136,12 @@ def datastore(store: Storage, data_dir: Path) -> Datastore:
     return DatastoreStore(data_dir / "datastore.db")
 
 
-def subscriptions(store: Storage, registry: Registry) -> Subscriptions:
-    """Return the subscriptions and their outbox, matching changes against registry."""
+def subscriptions(store: Storage, registry: Registry, *, lease: float = LEASE) -> Subscriptions:
+    """Return the subscriptions and their outbox, matching changes against registry.
+
+    On PostgreSQL a worker holds the notifications it took for `lease` seconds (renewed while
+    it lives); a dead worker's are taken over by another when its lease runs out.
+    """
     if isinstance(store, PostgresStorage):
-        return PostgresSubscriptionStore(store, registry)
+        return PostgresSubscriptionStore(store, registry, lease=lease)
     return SubscriptionStore(sqlite(store), registry)

@@ -43,8 +43,9 @@ log = logging.getLogger("cityos.subscriptions")
 
 #: the channel a committed outbox row is announced on
 CHANNEL: Final = "cityos_outbox"
-#: seconds a sender holds a subscription without renewing its lease
-LEASE: Final = 300.0
+#: seconds a sender holds a subscription without renewing its lease (CITYOS_NOTIFY_LEASE): a
+#: killed worker's notifications wait this long at most before another worker sends them
+LEASE: Final = 30.0
 #: at most this many of one subscription's notifications are held by one sender at a time
 PER_SUBSCRIPTION: Final = 1000
 
@@ -137,6 +138,7 @@ class PostgresSubscriptionStore:
         self.registry = registry
         #: who this store claims notifications as (see claim)
         self.sender_id = sender_id or default_sender_id()
+        self.lease = lease
         self._lease = timedelta(seconds=lease)
         #: called on the event loop once a queued notification is committed (by any worker)
         self.on_queued: Callable[[], None] = lambda: None

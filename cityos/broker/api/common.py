@@ -18,6 +18,7 @@ from cityos.broker.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cityos.cluster import Cluster
 from cityos.http import media
 from cityos.jsonld.context import ActiveContext
 from cityos.jsonld.loader import ContextLoader
@@ -34,12 +35,15 @@ class Broker:
     """What every handler needs: storage, the @context loader and settings.
 
     Features with background work (notification delivery, history pruning) append to
-    on_start / on_stop; the app runs them after storage starts and before it closes.
+    on_start / on_stop; the app runs them after storage starts and before it closes. The
+    cluster tells the other workers of changes and says whether this one leads (one worker
+    unless the settings name a bus).
     """
 
     store: Storage
     loader: ContextLoader
     settings: Settings
+    cluster: Cluster = field(default_factory=Cluster)
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

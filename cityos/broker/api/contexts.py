@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cityos.broker.api import params
 from cityos.broker.api.common import Broker, parse_json, read_body
-from cityos.broker.errors import ResourceNotFound, UnsupportedMediaType
+from cityos.broker.errors import NgsiError, ResourceNotFound, UnsupportedMediaType
+from cityos.bus import CacheDrop
 from cityos.http import media
 from cityos.http.routing import Handler
 from cityos.jsonld.loader import PROJECT_CONTEXTS, PROJECT_PATH
@@ -16,6 +19,8 @@ from cityos.jsonld.store import ContextKind
 
 PATH = "/ngsi-ld/v1/jsonldContexts"
 KV_NAMESPACE = "jsonld-hosted"
+#: the name of the Hosted contexts on the bus (key: a context's local id)
+HOSTED_CACHE = "jsonld.hosted"
 
 
 def _json(content: object, status: int = 200, mtype: str = media.JSON) -> Response:
@@ -31,6 +36,20 @@ async def restore(broker: Broker) -> None:
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the routes of the @context server."""
     loader = broker.loader
+
+    async def hosted_changed(event: CacheDrop) -> None:
+        # another worker added or deleted a Hosted context: make ours what is stored
+        if event.name != HOSTED_CACHE or event.key is None:
+            return
+        stored = await broker.store.kv_get(KV_NAMESPACE, event.key)
+        if stored is not None:
+            loader.store.restore([orjson.loads(stored)])
+            return
+        with contextlib.suppress(NgsiError):
+            if loader.store.find(event.key).kind == ContextKind.HOSTED:
+                loader.store.remove(event.key)
+
+    broker.cluster.on(CacheDrop, hosted_changed)
 
     async def list_contexts(request: Request) -> Response:
         qp = request.query_params
@@ -48,6 +67,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         body = parse_json(await read_body(request, broker.settings.max_body))
         entry = await loader.add_hosted(body)
         await broker.store.kv_put(KV_NAMESPACE, entry.local_id, orjson.dumps(entry.record()))
+        await broker.cluster.publish(CacheDrop(HOSTED_CACHE, entry.local_id))
         return Response(b"", 201, {"Location": entry.url})
 
     async def get_context(request: Request) -> Response:
@@ -65,6 +85,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         )
         if entry.kind == ContextKind.HOSTED:
             await broker.store.kv_delete(KV_NAMESPACE, entry.local_id)
+            await broker.cluster.publish(CacheDrop(HOSTED_CACHE, entry.local_id))
         return Response(b"", 204)
 
     shipped = {name: path.read_bytes() for name, path in PROJECT_CONTEXTS.items()}

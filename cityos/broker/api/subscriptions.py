@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
@@ -16,6 +19,7 @@ from cityos.broker.api.common import Broker, begin, created, json_response, no_c
 from cityos.broker.errors import AlreadyExists, NgsiError, ResourceNotFound, TooManyResults
 from cityos.broker.model import Doc
 from cityos.broker.notify import Periodic, Sender
+from cityos.bus import SubscriptionChanged
 from cityos.http.routing import Handler
 from cityos.jsonld.context import ActiveContext
 from cityos.storage import engines
@@ -26,6 +30,8 @@ from cityos.storage.sqlite_subscriptions import Registry
 BASE = "/ngsi-ld/v1/subscriptions"
 log = logging.getLogger("cityos.subscriptions")
 
+#: seconds between looks at the stored subscriptions when several workers share them
+RECONCILE: Final = 30.0
 #: id(broker) -> its running sender, for tests that drive delivery with their own clock
 SENDERS: dict[int, Sender] = {}
 #: id(broker) -> its periodic notifier, for tests that drive timeInterval with their own times
@@ -54,9 +60,9 @@ def _sub_id(request: Request) -> str:
 def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     """Return the subscription routes; register matching and delivery with the broker."""
     store = broker.store
-    subs = engines.subscriptions(store, Registry())
-    sender = Sender(subs)
-    periodic = Periodic(subs, store)
+    cluster = broker.cluster
+    subs = engines.subscriptions(store, Registry(), lease=broker.settings.notify_lease)
+    registry = subs.registry
 
     async def notification_context(doc: Doc, fallback: ActiveContext) -> ActiveContext:
         source = doc.get("jsonldContext", doc.get("context"))
@@ -72,27 +78,85 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
             )
             return fallback
 
-    async def start() -> None:
-        await subs.setup()
-        lives = [
-            model.Live.build(tenant, doc, await notification_context(doc, broker.loader.default()))
-            for tenant, doc in await subs.load()
+    async def build(tenant: str, doc: Doc) -> model.Live:
+        ctx = await notification_context(doc, broker.loader.default())
+        current = registry.get(tenant, doc["id"])
+        return model.Live.build(tenant, doc, ctx, current.version + 1 if current else 0)
+
+    async def install(change: Callable[[], None]) -> None:
+        if isinstance(store, SqliteStorage):
+            await store.write(lambda _: change())  # on the writer thread, which matches changes
+        else:
+            change()
+
+    async def reload_one(tenant: str, sub_id: str) -> model.Live | None:
+        """Load one subscription as stored now (another worker changed it)."""
+        found = await subs.get(tenant, sub_id)
+        if found is None:
+            await install(lambda: registry.remove(tenant, sub_id))
+            return None
+        live = await build(tenant, found[0])
+        await install(lambda: registry.put(live))
+        return live
+
+    async def reload_all() -> None:
+        """Make the registry what is stored (at start, and when events may have been missed)."""
+        stored = {(tenant, doc["id"]): doc for tenant, doc in await subs.load()}
+        fresh = []
+        for (tenant, sub_id), doc in stored.items():
+            current = registry.get(tenant, sub_id)
+            if current is None or current.doc != doc:
+                fresh.append(await build(tenant, doc))
+        gone = [
+            (tenant, sub_id)
+            for tenant, by_id in registry.by_tenant.items()
+            for sub_id in by_id
+            if (tenant, sub_id) not in stored
         ]
 
-        def install(_: object) -> None:
-            for live in lives:
-                subs.registry.put(live)
+        def change() -> None:
+            for live in fresh:
+                registry.put(live)
+            for key in gone:
+                registry.remove(*key)
 
-        if isinstance(store, SqliteStorage):
-            await store.write(install)  # on the writer thread, which matches changes
-        else:
-            install(None)
+        if fresh or gone:
+            await install(change)
+
+    async def changed(event: SubscriptionChanged) -> None:
+        await reload_one(event.tenant, event.id)
+
+    cluster.on(SubscriptionChanged, changed)
+    cluster.on_reconnect(reload_all)
+    sender = Sender(subs, lookup=reload_one if cluster.shared else None)
+    periodic = Periodic(subs, store, leader=cluster.is_leader)
+    reconciling: list[asyncio.Task[None]] = []
+
+    async def reconcile() -> None:
+        # a bus drops events a worker was not connected for: look at the store now and then
+        while True:
+            await asyncio.sleep(RECONCILE)
+            try:
+                await reload_all()
+            except Exception:
+                log.exception("reloading the subscriptions failed; retrying")
+
+    async def start() -> None:
+        await subs.setup()
+        await reload_all()
         SENDERS[id(broker)] = sender
         await sender.start()
         PERIODICS[id(broker)] = periodic
         await periodic.start()
+        if cluster.shared:
+            reconciling.append(asyncio.create_task(reconcile(), name="cityos-subs-reconcile"))
 
     async def stop() -> None:
+        for task in reconciling:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        reconciling.clear()
         await periodic.stop()
         PERIODICS.pop(id(broker), None)
         await sender.stop()
@@ -111,6 +175,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         ctx = await broker.loader.resolve(jsonld_context) if jsonld_context else call.ctx
         if not await subs.insert(model.Live.build(call.tenant, doc, ctx)):
             raise AlreadyExists(f"subscription {doc['id']!r} already exists")
+        await cluster.publish(SubscriptionChanged(call.tenant, doc["id"]))
         return created(f"{BASE}/{quote(doc['id'], safe=':')}")
 
     async def list_subs(request: Request) -> Response:
@@ -164,6 +229,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         version = current.version + 1 if current is not None else 0
         if not await subs.replace(model.Live.build(call.tenant, doc, ctx, version)):
             raise _not_found(sub_id)
+        await cluster.publish(SubscriptionChanged(call.tenant, sub_id))
         return no_content()
 
     async def delete(request: Request) -> Response:
@@ -171,6 +237,7 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         call = await begin(broker, request)
         if not await subs.delete(call.tenant, _sub_id(request)):
             raise _not_found(_sub_id(request))
+        await cluster.publish(SubscriptionChanged(call.tenant, _sub_id(request)))
         return no_content()
 
     return [

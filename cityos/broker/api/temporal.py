@@ -82,7 +82,9 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
     history = engines.history(store)  # records every change from now on
     broker.on_start.append(history.start)
     if broker.settings.history_retention is not None:
-        retention = tp.Retention(history, broker.settings.history_retention)
+        retention = tp.Retention(
+            history, broker.settings.history_retention, broker.cluster.is_leader
+        )
         broker.on_start.append(retention.start)
         broker.on_stop.append(retention.stop)
 
