@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 
 from cityos import __version__
 from cityos.admin.routes import admin_routes
-from cityos.auth.context import Identity
+from cityos.auth.context import KEYS_CACHE, Identity
 from cityos.auth.oidc import OidcVerifier
 from cityos.auth.policy import Policy
 from cityos.auth.ratelimit import Limit
@@ -70,10 +70,6 @@ def rsgi_app_from_env() -> RsgiBridge:
     app = create_app(from_env())
     files: PublicFiles = app.files  # type: ignore[attr-defined]
     return RsgiBridge(app, lifespan=app.lifespan, fast=files.rsgi)  # type: ignore[attr-defined]
-
-
-#: the name of the cache of found API keys on the bus (key: the revoked key's prefix)
-KEYS_CACHE = "auth.keys"
 
 
 def _share_revocations(cluster: Cluster, identity: Identity) -> None:

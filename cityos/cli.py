@@ -91,6 +91,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         websockets=False,
         factory=True,
         workers=settings.workers,
+        respawn_failed_workers=True,  # a worker that dies is started again
         backlog=4096,
         log_access=access_log,
         workers_kill_timeout=30,

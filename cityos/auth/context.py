@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: seconds a found key is trusted without asking the store again
 CACHE_TTL: Final = 30.0
+#: the name of the cache of found API keys on the bus (key: a revoked key's prefix)
+KEYS_CACHE: Final = "auth.keys"
 #: a catalog (CKAN) API token acts as a data steward of the default tenant: it could already
 #: create and change datasets before keys existed, and tokens carry no tenant of their own
 TOKEN_ROLES: Final = frozenset({"steward"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,8 +13,11 @@ import click
 
 from cityos.auth import keys
 from cityos.auth.audit import Entry
+from cityos.auth.context import CACHE_TTL, KEYS_CACHE
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
+from cityos.bus import CacheDrop
+from cityos.cluster.node import tell_workers
 from cityos.datadir import DATA_DIR, cli_actor, with_storage
 from cityos.storage import engines
 from cityos.storage.base import Storage
@@ -41,6 +45,7 @@ def _run(
     audit: Callable[[T], Entry] | None = None,
 ) -> T:
     """Run job on the key store of the data dir, then append its audit record."""
+
     async def run(store: Storage) -> T:
         auth = engines.keys(store)
         await auth.setup()
@@ -155,7 +160,11 @@ def list_(data_dir: Path | None) -> None:
 @click.argument("prefix")
 @DATA_DIR
 def revoke(prefix: str, data_dir: Path | None) -> None:
-    """Revoke the key whose prefix (as `list` shows it) is PREFIX; it stops working at once."""
+    """Revoke the key whose prefix (as `list` shows it) is PREFIX.
+
+    Running servers stop accepting it at once when CITYOS_BUS_URL names their bus, else
+    within 30 seconds (they trust a key they looked up that long).
+    """
     try:
         prefix = keys.check_prefix(prefix)
     except KeyInputError as exc:
@@ -171,3 +180,15 @@ def revoke(prefix: str, data_dir: Path | None) -> None:
     assert found.revoked is not None
     already = "was already revoked" if found.revoked < before else "revoked"
     click.echo(f"{already}: {_line(found, time.time())}")
+    from cityos.cli import _settings
+
+    settings = _settings(data_dir=data_dir)
+    told = asyncio.run(
+        tell_workers(settings.bus_url, settings.bus_namespace, CacheDrop(KEYS_CACHE, prefix))
+    )
+    if not told:  # servers trust a key they looked up for up to CACHE_TTL seconds
+        click.echo(
+            f"running servers stop accepting it within {CACHE_TTL:.0f} s "
+            "(at once when CITYOS_BUS_URL names their bus)",
+            err=True,
+        )

@@ -100,3 +100,19 @@ class Cluster:
                         await result
                 except Exception:  # one bad handler must not stop the others or the follower
                     log.exception("handling %s failed", topic)
+
+
+async def tell_workers(bus_url: str | None, namespace: str, event: Event) -> bool:
+    """Publish one event to a running installation's workers (from a command); False: no bus."""
+    if not bus_url:
+        return False
+    bus = bus_from_url(bus_url, namespace)
+    try:
+        await asyncio.wait_for(bus.start(), 10)
+        await publish_event(bus, event)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        log.warning("could not tell the workers (%s)", exc)
+        return False
+    finally:
+        await bus.close()
+    return True

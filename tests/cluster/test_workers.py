@@ -300,3 +300,73 @@ def test_several_workers_need_postgresql_and_a_bus(tmp_path: Path) -> None:
     assert no_bus.returncode == 2
     assert "3 workers need a bus" in no_bus.stderr
     assert "CITYOS_BUS_URL" in no_bus.stderr
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [CITYOS, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_key_revoked_by_the_command_stops_working_on_every_host_at_once(
+    installation: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**installation, "CITYOS_AUTH": "on"}
+    key = cli(env, "keys", "create", "--name", "app", "--role", "steward", "--tenant", "")
+    prefix = key[4:12]
+    with workers(tmp_path, env, 2) as (a, b):
+        url = ENTITIES + "?type=Building"
+        auth = {"Authorization": f"Bearer {key}"}
+        for w in (a, b):  # each host now trusts the key for 30 s (its cache)
+            assert httpx.get(w.url + url, headers=auth).status_code == 200
+        cli(env, "keys", "revoke", prefix)
+        for w in (a, b):
+            refused = wait_for(
+                lambda w=w: httpx.get(w.url + url, headers=auth).status_code == 401,
+                f"the revoked key refused on {w.port}",
+                timeout=2,
+            )
+            assert refused
+
+
+def test_when_the_leader_dies_another_worker_takes_over_periodic_notifications(
+    installation: dict[str, str], tmp_path: Path, receiver: Receiver
+) -> None:
+    with workers(tmp_path, installation, 2) as (a, b):
+        assert httpx.post(a.url + ENTITIES, json=gauge(1), headers=LD).status_code == 201
+        subscribe(b.url, receiver, timeInterval=1)
+        receiver.wait(3, timeout=15)
+        a.kill()  # a started first: it holds the lead
+        # b takes the lead within its 2 s poll; what it queued while a's lease on the sending
+        # (3 s) ran on goes out in one burst after that
+        time.sleep(6)
+        before = len(receiver.received)
+        time.sleep(5)
+        after = len(receiver.received) - before
+        assert 3 <= after <= 6, f"{after} periodic notifications in 5 s at 1 s after the failover"
+
+
+def test_a_change_on_a_follower_is_published_by_the_leader(
+    installation: dict[str, str], tmp_path: Path
+) -> None:
+    shelter = {
+        "id": "urn:ngsi-ld:EvacuationShelter:sano-test-1",
+        "type": "EvacuationShelter",
+        "name": {"type": "LanguageProperty", "languageMap": {"ja": "試験避難所", "en": "Test"}},
+        "status": {"type": "Property", "value": "open"},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.58, 36.31]},
+        },
+    }
+    with workers(tmp_path, installation, 2) as (a, b):
+        assert httpx.post(b.url + ENTITIES, json=shelter, headers=LD).status_code == 201
+
+        def published() -> bool:
+            page = httpx.get(a.url + "/public/shelters.json")
+            return page.status_code == 200 and "試験避難所" in page.text
+
+        # a leads: it rebuilt the snapshot from b's change, and serves it
+        assert wait_for(published, "the leader's snapshot to show the new shelter", timeout=15)
