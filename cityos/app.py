@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 
 from cityos import __version__
 from cityos.admin.routes import admin_routes
-from cityos.auth.context import KEYS_CACHE, Identity
+from cityos.auth.context import KEYS_CACHE, TOKENS_CACHE, Identity
 from cityos.auth.oidc import OidcVerifier
 from cityos.auth.policy import Policy
 from cityos.auth.ratelimit import Limit
@@ -73,7 +73,7 @@ def rsgi_app_from_env() -> RsgiBridge:
 
 
 def _share_revocations(cluster: Cluster, identity: Identity) -> None:
-    """A key revoked in one worker stops working in every worker at once."""
+    """A key or token revoked in one worker or command stops working in every worker at once."""
     if not cluster.shared:
         return
 
@@ -83,6 +83,8 @@ def _share_revocations(cluster: Cluster, identity: Identity) -> None:
     def dropped(event: CacheDrop) -> None:
         if event.name == KEYS_CACHE and event.key is not None:
             identity.forget(event.key)
+        elif event.name == TOKENS_CACHE:
+            identity.forget_tokens()
 
     identity.announce = announce
     cluster.on(CacheDrop, dropped)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 CACHE_TTL: Final = 30.0
 #: the name of the cache of found API keys on the bus (key: a revoked key's prefix)
 KEYS_CACHE: Final = "auth.keys"
+#: the name of the cache of found catalog API tokens on the bus (a token was revoked)
+TOKENS_CACHE: Final = "auth.tokens"
 #: a catalog (CKAN) API token acts as a data steward of the default tenant: it could already
 #: create and change datasets before keys existed, and tokens carry no tenant of their own
 TOKEN_ROLES: Final = frozenset({"steward"})
@@ -206,6 +208,10 @@ class Identity:
         if self.announce is not None:
             await self.announce(prefix)
         return found
+
+    def forget_tokens(self) -> None:
+        """Drop every cached catalog token (one was revoked; they are looked up again)."""
+        self._tokens.clear()
 
     def forget(self, prefix: str) -> None:
         """Drop the cached key with this prefix."""

@@ -310,7 +310,7 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_a_key_revoked_by_the_command_stops_working_on_every_host_at_once(
+def test_a_key_or_token_revoked_by_the_command_stops_working_on_every_host_at_once(
     installation: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**installation, "CITYOS_AUTH": "on"}
@@ -329,6 +329,20 @@ def test_a_key_revoked_by_the_command_stops_working_on_every_host_at_once(
                 timeout=2,
             )
             assert refused
+        # a catalog API token likewise
+        token = cli(env, "token", "create", "--user", "admin")
+        create = "/api/3/action/package_create"
+        for n, w in enumerate((a, b)):
+            made = httpx.post(
+                w.url + create, json={"name": f"ds-{n}"}, headers={"Authorization": token}
+            )
+            assert made.status_code == 200, made.text
+        cli(env, "token", "revoke", token[:12])
+        for n, w in enumerate((a, b)):
+            again = httpx.post(
+                w.url + create, json={"name": f"ds-x{n}"}, headers={"Authorization": token}
+            )
+            assert again.status_code in (401, 403), again.text
 
 
 def test_when_the_leader_dies_another_worker_takes_over_periodic_notifications(
