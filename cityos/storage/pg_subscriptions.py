@@ -17,11 +17,12 @@ may write and send at once:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
@@ -46,6 +47,8 @@ CHANNEL: Final = "cityos_outbox"
 #: seconds a sender holds a subscription without renewing its lease (CITYOS_NOTIFY_LEASE): a
 #: killed worker's notifications wait this long at most before another worker sends them
 LEASE: Final = 30.0
+_GENERATION: Final = "SELECT n FROM subscription_generation WHERE id=1"
+_BUMP: Final = "UPDATE subscription_generation SET n=n+1 WHERE id=1"
 #: at most this many of one subscription's notifications are held by one sender at a time
 PER_SUBSCRIPTION: Final = 1000
 
@@ -143,6 +146,11 @@ class PostgresSubscriptionStore:
         #: called on the event loop once a queued notification is committed (by any worker)
         self.on_queued: Callable[[], None] = lambda: None
         self._listener: asyncpg.Connection | None = None
+        #: set when other workers may change subscriptions: reloads the registry (on a
+        #: connection in a write's transaction) before a write is matched against it
+        self.reload: Callable[[Conn], Awaitable[None]] | None = None
+        self._generation: int | None = None
+        self._reloading = asyncio.Lock()
         # (tenant, id) -> (the Live it was compiled for, SQL, parameters)
         self._sql: dict[tuple[str, str], tuple[Live, str, list[Any]]] = {}
         store.add_change_hook(self._hook)
@@ -229,10 +237,23 @@ class PostgresSubscriptionStore:
         if self._listener is not None:  # not closed by us
             log.warning("the connection listening for notifications closed; senders must poll")
 
-    async def load(self) -> list[tuple[str, Doc]]:
-        """Return every stored subscription as (tenant, doc)."""
-        rows = await self._store.pool.fetch("SELECT tenant, doc FROM subscriptions ORDER BY rid")
+    async def load(self, conn: Conn | None = None) -> list[tuple[str, Doc]]:
+        """Return every stored subscription as (tenant, doc) (on conn: in its transaction)."""
+        sql = "SELECT tenant, doc FROM subscriptions ORDER BY rid"
+        rows = await (conn or self._store.pool).fetch(sql)
         return [(t, orjson.loads(d)) for t, d in rows]
+
+    async def _sync(self, conn: Conn) -> None:
+        """Reload the subscriptions when another worker changed them since we last loaded."""
+        assert self.reload is not None
+        n = await conn.fetchval(_GENERATION)
+        if n == self._generation:
+            return
+        async with self._reloading:
+            if n != self._generation:
+                await self.reload(conn)
+                # n was read before the reload: a change after it is seen by the next write
+                self._generation = n
 
     # -- CRUD ---------------------------------------------------------------------------------
     async def _check_patterns(self, live: Live) -> None:
@@ -249,13 +270,16 @@ class PostgresSubscriptionStore:
     async def insert(self, live: Live) -> bool:
         """Store a new subscription; return False when its id is taken."""
         await self._check_patterns(live)
-        rid = await self._store.pool.fetchval(
-            "INSERT INTO subscriptions(tenant, id, doc) VALUES($1, $2, $3) "
-            "ON CONFLICT (tenant, id) DO NOTHING RETURNING rid",
-            live.tenant,
-            live.id,
-            orjson.dumps(live.doc).decode(),
-        )
+        async with self._store.pool.acquire() as conn, conn.transaction():
+            rid = await conn.fetchval(
+                "INSERT INTO subscriptions(tenant, id, doc) VALUES($1, $2, $3) "
+                "ON CONFLICT (tenant, id) DO NOTHING RETURNING rid",
+                live.tenant,
+                live.id,
+                orjson.dumps(live.doc).decode(),
+            )
+            if rid is not None:
+                await conn.execute(_BUMP)
         if rid is None:
             return False
         self.registry.put(live)
@@ -264,12 +288,14 @@ class PostgresSubscriptionStore:
     async def replace(self, live: Live) -> bool:
         """Store an updated subscription; return False when it no longer exists."""
         await self._check_patterns(live)
-        status = await self._store.pool.execute(
-            "UPDATE subscriptions SET doc=$1 WHERE tenant=$2 AND id=$3",
-            orjson.dumps(live.doc).decode(),
-            live.tenant,
-            live.id,
-        )
+        async with self._store.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "UPDATE subscriptions SET doc=$1 WHERE tenant=$2 AND id=$3",
+                orjson.dumps(live.doc).decode(),
+                live.tenant,
+                live.id,
+            )
+            await conn.execute(_BUMP)
         if status == "UPDATE 0":
             return False
         self.registry.put(live)
@@ -284,6 +310,7 @@ class PostgresSubscriptionStore:
             await conn.execute(
                 "DELETE FROM notification_outbox WHERE tenant=$1 AND sub_id=$2", tenant, sub_id
             )
+            await conn.execute(_BUMP)
         self.registry.remove(tenant, sub_id)
         self._sql.pop((tenant, sub_id), None)
         return bool(status != "DELETE 0")
@@ -428,6 +455,8 @@ class PostgresSubscriptionStore:
 
     # -- matching -----------------------------------------------------------------------------
     async def _hook(self, conn: Conn, change: Change) -> None:
+        if self.reload is not None:
+            await self._sync(conn)
         subs = self.registry.by_tenant.get(change.tenant)
         if not subs:
             return

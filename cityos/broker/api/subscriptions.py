@@ -99,9 +99,18 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
         await install(lambda: registry.put(live))
         return live
 
-    async def reload_all() -> None:
-        """Make the registry what is stored (at start, and when events may have been missed)."""
-        stored = {(tenant, doc["id"]): doc for tenant, doc in await subs.load()}
+    async def reload_all(conn: Any = None) -> None:
+        """Make the registry what is stored (at start, and when events may have been missed).
+
+        On PostgreSQL with other workers, also on a write's connection before the write is
+        matched, when the subscriptions changed since (see PostgresSubscriptionStore.reload).
+        """
+        loaded = (
+            await subs.load(conn)
+            if conn is not None and isinstance(subs, PostgresSubscriptionStore)
+            else await subs.load()
+        )
+        stored = {(tenant, doc["id"]): doc for tenant, doc in loaded}
         fresh = []
         for (tenant, sub_id), doc in stored.items():
             current = registry.get(tenant, sub_id)
@@ -128,6 +137,8 @@ def routes(broker: Broker) -> list[tuple[str, str, Handler]]:
 
     cluster.on(SubscriptionChanged, changed)
     cluster.on_reconnect(reload_all)
+    if cluster.shared and isinstance(subs, PostgresSubscriptionStore):
+        subs.reload = reload_all
     sender = Sender(subs, lookup=reload_one if cluster.shared else None)
     periodic = Periodic(subs, store, leader=cluster.is_leader)
     reconciling: list[asyncio.Task[None]] = []
