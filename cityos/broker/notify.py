@@ -259,11 +259,12 @@ class Sender:
                     log.exception("claiming from the notification outbox failed")
                     break
                 for row in rows:
+                    # A claim never returns a row this sender holds, so each is new here. Its
+                    # seq may be lower than one held already: seqs are drawn when a write
+                    # queues, and concurrent writes commit in another order (a row skipped
+                    # for that reason would never be sent).
                     key = (row.tenant, row.sub_id)
-                    if row.seq <= self._loaded.get(key, 0):
-                        continue  # already in memory
                     self._queues.setdefault(key, deque()).append(row)
-                    self._loaded[key] = row.seq
                     if key not in self._workers:
                         self._workers[key] = asyncio.create_task(self._work(key))
                 if len(rows) < FETCH:

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from cityos.broker import subscriptions as model
 from cityos.broker.errors import BadRequestData
 from cityos.broker.geo import parse_geoquery
+from cityos.broker.notify import Sender
 from cityos.broker.subscriptions import Counters, Live
 from cityos.jsonld.context import ActiveContext
 from cityos.jsonld.loader import ContextLoader
@@ -662,3 +665,50 @@ def test_a_sqlite_dump_loads_into_postgresql_and_dumps_back_the_same(
     assert [r.seq for r in before] == [r["seq"] for s, r in dumped if s == "outbox"]
     assert after[: len(before)] == before
     assert hits(after[len(before) :]) == [("", "urn:s:1", "urn:e:5"), ("", "urn:s:3", "urn:e:5")]
+
+
+def test_a_notification_committed_after_a_later_one_is_still_sent(pg_url: str) -> None:
+    # seqs are drawn when a write queues; concurrent writes commit in another order
+    got: list[str] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        got.append(orjson.loads(request.content)["data"][0]["id"])
+        return httpx.Response(204)
+
+    async def wait_for_sent(what: str) -> None:
+        for _ in range(500):
+            if what in got:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{what} was not sent; sent: {got}")
+
+    def note(note_id: str, entity_id: str) -> dict[str, Any]:
+        return {"id": note_id, "type": "Notification", "data": [{"id": entity_id}]}
+
+    async def body(rig: Rig) -> None:
+        subs = rig.subs
+        assert isinstance(subs, PostgresSubscriptionStore)
+        assert await subs.insert(subscription("urn:s:1"))
+        sender = Sender(subs, transport=httpx.MockTransport(receive))
+        await sender.start()
+        pool = rig.storage.pool  # type: ignore[attr-defined]
+        try:
+            async with pool.acquire() as early:
+                tx = early.transaction()
+                await tx.start()
+                note = {"type": "Notification", "subscriptionId": "urn:s:1"}
+                await subs._queue(
+                    early, "", "urn:s:1", {**note, "id": "n1", "data": [{"id": "first"}]}
+                )
+                async with pool.acquire() as late:
+                    await subs._queue(
+                        late, "", "urn:s:1", {**note, "id": "n2", "data": [{"id": "second"}]}
+                    )
+                await wait_for_sent("second")  # the lower seq is not committed yet
+                await tx.commit()
+            await wait_for_sent("first")
+        finally:
+            await sender.stop()
+        assert got == ["second", "first"]
+
+    pg(pg_url).run(body)
