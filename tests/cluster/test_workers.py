@@ -196,11 +196,16 @@ def test_a_subscription_made_on_one_host_is_matched_on_the_other(
         assert all(v != -1 for (_, v) in received_values(receiver)[0])
 
 
+@pytest.mark.parametrize("shape", ["two hosts", "workers 2"])
 def test_killing_a_worker_mid_load_loses_and_duplicates_nothing(
-    installation: dict[str, str], tmp_path: Path, receiver: Receiver
+    installation: dict[str, str], tmp_path: Path, receiver: Receiver, shape: str
 ) -> None:
     entities = 8
-    with workers(tmp_path, installation, 2) as pair:
+    # two `cityos serve` on two ports, or one `cityos serve --workers 2` (granian respawns the
+    # killed worker); either way the killed one is the one sending the notifications
+    n, args = (2, ()) if shape == "two hosts" else (1, ("--workers", "2"))
+    with workers(tmp_path, installation, n, *args) as started:
+        pair = started * (3 - n)
         a = pair[0]
         for n in range(entities):
             assert httpx.post(a.url + ENTITIES, json=gauge(n), headers=LD).status_code == 201
@@ -230,8 +235,12 @@ def test_killing_a_worker_mid_load_loses_and_duplicates_nothing(
             t.start()
         wait_for(lambda: len(receiver.received) >= 100, "notifications before the kill", 60)
         # kill the worker that holds the subscription, so its lease must be taken over
-        victim = next(w for w in pair if os.getpgid(sender_pid(installation)) == w.proc.pid)
-        victim.kill()
+        sender = sender_pid(installation)
+        if shape == "two hosts":
+            next(w for w in pair if os.getpgid(sender) == w.proc.pid).kill()
+        else:
+            assert os.getpgid(sender) == a.proc.pid  # one of the server's own workers
+            os.kill(sender, signal.SIGKILL)
         killed_at = len(acked)
         wait_for(lambda: len(acked) >= killed_at + 200, "writes after the kill", 60)
         stop.set()
