@@ -224,23 +224,30 @@ def test_killing_a_worker_mid_load_loses_and_duplicates_nothing(
                     for n in targets:
                         first = (value + n) % 2
                         try:
-                            status = patch(client, pair[first].url, n, value)
-                        except httpx.TransportError:  # killed: the other worker takes the write
-                            status = patch(client, pair[1 - first].url, n, value)
+                            status, written = patch(client, pair[first].url, n, value), value
+                        except httpx.TransportError:
+                            # the killed worker may have committed it before dying: unknown,
+                            # so the other worker writes a value of its own (a new change)
+                            written = -value
+                            status = patch(client, pair[1 - first].url, n, written)
                         if status == 204:
-                            acked.append((f"urn:ngsi-ld:WaterObserved:w{n}", value))
+                            acked.append((f"urn:ngsi-ld:WaterObserved:w{n}", written))
 
         threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
         wait_for(lambda: len(receiver.received) >= 100, "notifications before the kill", 60)
-        # kill the worker that holds the subscription, so its lease must be taken over
-        sender = sender_pid(installation)
+        # the receiver stops taking notifications: the sender holds them, retrying; kill it
+        # then, so that what it held must be taken over when its lease runs out
+        receiver.status = 503
+        sender = wait_for(lambda: sender_pid(installation), "a worker to hold the subscription")
+        time.sleep(0.5)
         if shape == "two hosts":
             next(w for w in pair if os.getpgid(sender) == w.proc.pid).kill()
         else:
             assert os.getpgid(sender) == a.proc.pid  # one of the server's own workers
             os.kill(sender, signal.SIGKILL)
+        receiver.status = 204
         killed_at = len(acked)
         wait_for(lambda: len(acked) >= killed_at + 200, "writes after the kill", 60)
         stop.set()
@@ -270,17 +277,19 @@ def test_killing_a_worker_mid_load_loses_and_duplicates_nothing(
         assert len(acked) > 300
 
 
-def sender_pid(env: dict[str, str]) -> int:
-    """Return the process id of the worker sending the (only) subscription's notifications."""
+def sender_pid(env: dict[str, str]) -> int | None:
+    """Return the process id of the worker holding the (only) subscription, if one does."""
 
-    async def query() -> str:
+    async def query() -> str | None:
         conn = await asyncpg.connect(env["CITYOS_DATABASE_URL"])
         try:
-            return str(await conn.fetchval("SELECT sender FROM subscriptions"))
+            sender: str | None = await conn.fetchval("SELECT sender FROM subscriptions")
+            return sender
         finally:
             await conn.close()
 
-    return int(asyncio.run(query()).split(":")[1])  # host:pid:random (default_sender_id)
+    sender = asyncio.run(query())
+    return None if sender is None else int(sender.split(":")[1])  # host:pid:random
 
 
 def test_workers_2_notify_once_and_periodic_runs_in_one_worker(
