@@ -1,22 +1,24 @@
-"""Shared fixtures: a real cityos app on a temporary SQLite file, driven over HTTP in-process."""
+"""Shared fixtures: a real cityos app (temporary SQLite file or PostgreSQL schema) over HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import asyncpg
@@ -31,12 +33,13 @@ from cityos.storage.base import Storage
 from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 
+T = TypeVar("T")
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 LD = {"Content-Type": "application/ld+json"}
 
 
-#: CITYOS_TEST_ENGINE=postgresql runs the app-level tests on PostgreSQL: every app made by
-#: make_client gets a fresh schema of one database made for this test run
+#: CITYOS_TEST_ENGINE=postgresql runs the suite on PostgreSQL: every installation (data dir) a
+#: test makes gets a fresh schema of one database made for this test run
 ENGINE = os.environ.get("CITYOS_TEST_ENGINE", "sqlite")
 _run_database: list[str] = []
 #: data dir -> its schema: an app made again on the same data dir finds its data (restarts)
@@ -46,16 +49,60 @@ _schemas: dict[Path, str] = {}
 def _engine_overrides(data_dir: Path) -> dict[str, Any]:
     if ENGINE != "postgresql":
         return {}
+    data_dir = Path(data_dir)
     if data_dir in _schemas:
         return {"database_url": _schemas[data_dir]}
     if not _run_database:
         name = f"cityos_test_{secrets.token_hex(4)}"
-        asyncio.run(admin_sql(SERVER_URL, f"CREATE DATABASE {name}"))
+        _sync(admin_sql(SERVER_URL, f"CREATE DATABASE {name}"))
         url = _with_database(SERVER_URL, name)
-        asyncio.run(admin_sql(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
-        _run_database.append(url)
+        _run_database.append(url)  # dropped at the end even if what follows fails
+        _sync(admin_sql(url, "CREATE EXTENSION IF NOT EXISTS postgis"))
     _schemas[data_dir] = pg_schema_url(_run_database[0])
     return {"database_url": _schemas[data_dir]}
+
+
+def engine_env(data_dir: Path) -> dict[str, str]:
+    """Return the environment that points a `cityos` command at data_dir's installation.
+
+    On SQLite the data dir alone names it (nothing to add); on PostgreSQL it is the
+    CITYOS_DATABASE_URL of the schema that make_client(data_dir) uses too.
+    """
+    url = _engine_overrides(data_dir).get("database_url")
+    return {"CITYOS_DATABASE_URL": url} if url else {}
+
+
+def _picks_its_engine(item: pytest.Item) -> bool:
+    """Return True for a test that chooses its engines itself, whatever CITYOS_TEST_ENGINE says.
+
+    The test_*_engines.py modules run every test on both; a test asking for pg_database (or a
+    fixture that does) runs on PostgreSQL in any pass.
+    """
+    return item.path.name.endswith("_engines.py") or "pg_database" in getattr(
+        item, "fixturenames", ()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect, on PostgreSQL, the tests that pick their engine: the SQLite pass ran them."""
+    if ENGINE != "postgresql":
+        return
+    done = [item for item in items if _picks_its_engine(item)]
+    if done:
+        config.hook.pytest_deselected(items=done)
+        items[:] = [item for item in items if not _picks_its_engine(item)]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, with its reason, a test marked sqlite_only when the suite runs on PostgreSQL."""
+    marker = item.get_closest_marker("sqlite_only")
+    if marker is None:
+        return
+    if not marker.args or not str(marker.args[0]).strip():
+        pytest.fail(f'{item.nodeid}: sqlite_only needs a reason: sqlite_only("why")')
+    if ENGINE == "postgresql":
+        pytest.skip(f"SQLite only: {marker.args[0]}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,9 +117,82 @@ def _drop_run_database() -> Iterator[None]:
 
 def storage_of(data_dir: Path) -> Storage:
     """Return (not started) the storage engine the apps of make_client(data_dir) use."""
-    if data_dir in _schemas:
-        return PostgresStorage(_schemas[data_dir])
+    url = _engine_overrides(data_dir).get("database_url")
+    if url is not None:
+        return PostgresStorage(url)
     return SqliteStorage(data_dir / "cityos.db")
+
+
+def database_sql(data_dir: Path, *statements: str) -> None:
+    """Run SQL statements on data_dir's database directly, outside cityos (as a forger would)."""
+    url = _engine_overrides(data_dir).get("database_url")
+    if url is not None:
+        _sync(admin_sql(url, *statements))
+        return
+    conn = sqlite3.connect(data_dir / "cityos.db")
+    try:
+        with conn:
+            for sql in statements:
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def database_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run a query on data_dir's database directly, outside cityos; return its rows."""
+    url = _engine_overrides(data_dir).get("database_url")
+    if url is not None:
+        return _sync(_pg_rows(url, sql))
+    conn = sqlite3.connect(data_dir / "cityos.db")
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+def database_exists(data_dir: Path) -> bool:
+    """Return True once data_dir's database was made (the SQLite file, the schema's tables)."""
+    if _engine_overrides(data_dir).get("database_url") is None:
+        return (data_dir / "cityos.db").exists()
+    return bool(database_rows(data_dir, _TABLES))
+
+
+#: the tables of a test's PostgreSQL schema
+_TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+
+
+def database_text(data_dir: Path) -> str:
+    """Return every row of every table of data_dir's database as text (to grep for secrets)."""
+    if _engine_overrides(data_dir).get("database_url") is None:
+        conn = sqlite3.connect(data_dir / "cityos.db")
+        try:
+            return "\n".join(conn.iterdump())
+        finally:
+            conn.close()
+    tables = database_rows(data_dir, _TABLES)
+    lines = []
+    for (table,) in tables:
+        quoted = '"' + table.replace('"', '""') + '"'
+        lines += [str(row[0]) for row in database_rows(data_dir, f"SELECT t::text FROM {quoted} t")]
+    return "\n".join(lines)
+
+
+async def _pg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(url, timeout=3)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+def _sync(job: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end, also from inside a running event loop (in a thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(job)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, job).result()
 
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
@@ -157,7 +277,7 @@ def running_server(data: Path, env: dict[str, str] | None = None) -> Iterator[st
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [CITYOS, "serve", "--port", str(port), "--data-dir", str(data)],
-        env={**os.environ, "CITYOS_AUTH": "off", **(env or {})},
+        env={**os.environ, "CITYOS_AUTH": "off", **engine_env(data), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -189,7 +309,8 @@ def make_token(data: Path, user: str = "admin") -> str:
     """Create a catalog API token with `cityos token create`; return it."""
     made = subprocess.run(
         [CITYOS, "token", "create", "--user", user, "--data-dir", str(data)],
-        capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **engine_env(data)}, capture_output=True, text=True, check=True,
+        timeout=60,
     )  # fmt: skip
     return made.stdout.strip()
 
@@ -297,7 +418,7 @@ def pg_database() -> Iterator[str]:
 def pg_schema_url(database_url: str) -> str:
     """Create an empty schema; return a URL whose connections use it (and public)."""
     schema = f"t_{secrets.token_hex(6)}"
-    asyncio.run(admin_sql(database_url, f"CREATE SCHEMA {schema}"))
+    _sync(admin_sql(database_url, f"CREATE SCHEMA {schema}"))
     return f"{database_url}?search_path={quote(schema + ',public', safe='')}"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import database_exists, engine_env, free_port
 
 pytestmark = pytest.mark.server
 CITYOS = str(Path(sys.executable).parent / "cityos")
@@ -53,7 +53,8 @@ def test_serve_writes_survive_sigterm_and_restart(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data = tmp_path / "data"
-    proc = start(["--port", str(port), "--data-dir", str(data)], {"CITYOS_AUTH": "off"})
+    env = engine_env(data)  # the same database for both runs, on either engine
+    proc = start(["--port", str(port), "--data-dir", str(data)], {"CITYOS_AUTH": "off", **env})
     try:
         wait_healthy(base, proc)
         with httpx.Client(base_url=base, timeout=10) as c:
@@ -77,11 +78,11 @@ def test_serve_writes_survive_sigterm_and_restart(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert (data / "cityos.db").exists()
+    assert database_exists(data)
     # Restart on the same data, this time configured through the environment only.
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start([], {"CITYOS_PORT": str(port), "CITYOS_DATA_DIR": str(data)})
+    proc = start([], {"CITYOS_PORT": str(port), "CITYOS_DATA_DIR": str(data), **env})
     try:
         wait_healthy(base, proc)
         r = httpx.get(
@@ -108,6 +109,7 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     assert "CITYOS_DATABASE_URL" in r.stderr
 
 
+@pytest.mark.sqlite_only("writes a SQLite file of another storage schema")
 def test_serve_refuses_a_database_of_another_schema(tmp_path: Path) -> None:
     import sqlite3
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CITYOS, running_server
+from conftest import CITYOS, engine_env, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "akiyama-river-2019"
@@ -28,7 +28,8 @@ def test_a_staff_admin_signs_in_makes_a_key_and_revokes_it(tmp_path: Path) -> No
     made = subprocess.run(
         [CITYOS, "users", "create", "tanaka", "--role", "admin", "--display-name", "田中 一郎",
          "--password-stdin", "--data-dir", str(tmp_path)],
-        input=PASSWORD + "\n", capture_output=True, text=True, check=False,
+        input=PASSWORD + "\n", env={**os.environ, **engine_env(tmp_path)}, capture_output=True,
+        text=True, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     with running_server(tmp_path, {"CITYOS_AUTH": "on"}) as base:

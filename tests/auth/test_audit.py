@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_client
+from conftest import database_rows, database_sql, engine_env, make_client, storage_of
 
 from cityos.auth.audit import (
     GENESIS,
@@ -31,6 +31,10 @@ from cityos.auth.audit import (
     verify_chain,
 )
 from cityos.auth.audit_cli import audit_group
+from cityos.storage import engines
+from cityos.storage.engines import Audit
+from cityos.storage.pg_audit import PgAuditStore
+from cityos.storage.postgres import PostgresStorage
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_audit import AuditStore
 
@@ -44,16 +48,18 @@ def ticking() -> Callable[[], datetime]:
     return lambda: START + timedelta(seconds=next(seconds))
 
 
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "cityos.db"  # where `--data-dir tmp_path` finds it
+def with_audit(tmp_path: Path, job: Callable[[Audit], Awaitable[T]]) -> T:
+    """Run job on the audit log of the installation in tmp_path (SQLite or PostgreSQL)."""
+    store = storage_of(tmp_path)
 
-
-def with_audit(tmp_path: Path, job: Callable[[AuditStore], Awaitable[T]]) -> T:
     async def main() -> T:
-        store = SqliteStorage(db(tmp_path))
         await store.start()
         try:
-            audit = AuditStore(store, clock=ticking())
+            audit: Audit = (
+                PgAuditStore(store, clock=ticking())
+                if isinstance(store, PostgresStorage)
+                else AuditStore(engines.sqlite(store), clock=ticking())
+            )
             await audit.setup()
             return await job(audit)
         finally:
@@ -73,30 +79,25 @@ def entry(n: int) -> Entry:
 
 
 def seed(tmp_path: Path, count: int) -> list[Record]:
-    async def job(audit: AuditStore) -> list[Record]:
+    async def job(audit: Audit) -> list[Record]:
         return [await audit.append(entry(n)) for n in range(1, count + 1)]
 
     return with_audit(tmp_path, job)
 
 
 def tamper(tmp_path: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db(tmp_path))
-    with conn:
-        for sql in statements:
-            conn.execute(sql)
-    conn.close()
+    database_sql(tmp_path, *statements)
+
+
+CONTENT = "seq, at, actor, action, target, tenant, outcome, detail, prev"
 
 
 def rehash(tmp_path: Path, seq: int) -> None:
     """Recompute record seq's hash after an edit, as a careful forger would."""
-    conn = sqlite3.connect(db(tmp_path))
-    cols = "seq, at, actor, action, target, tenant, outcome, detail, prev"
-    row = conn.execute(f"SELECT {cols} FROM audit_log WHERE seq=?", (seq,)).fetchone()
-    content = dict(zip(cols.split(", "), row, strict=True))
+    [row] = database_rows(tmp_path, f"SELECT {CONTENT} FROM audit_log WHERE seq={seq}")
+    content = dict(zip(CONTENT.split(", "), row, strict=True))
     content["detail"] = json.loads(content["detail"])
-    with conn:
-        conn.execute("UPDATE audit_log SET hash=? WHERE seq=?", (content_hash(content), seq))
-    conn.close()
+    tamper(tmp_path, f"UPDATE audit_log SET hash='{content_hash(content)}' WHERE seq={seq}")
 
 
 # -- the pure part ---------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def test_an_exported_chain_verifies_without_the_database() -> None:
 
 
 def test_concurrent_appends_form_one_gapless_chain(tmp_path: Path) -> None:
-    async def job(audit: AuditStore) -> tuple[list[Record], list[Record], Any, Head]:
+    async def job(audit: Audit) -> tuple[list[Record], list[Record], Any, Head]:
         made = await asyncio.gather(*(audit.append(entry(n % 100)) for n in range(200)))
         return list(made), await audit.records(limit=500), await audit.verify(), await audit.head()
 
@@ -202,9 +203,12 @@ def test_an_empty_log_is_intact(tmp_path: Path) -> None:
     assert verdict.message == f"audit log intact: 0 records, head {GENESIS}"
 
 
+@pytest.mark.sqlite_only(
+    "the SQLite store's synchronous append_in; both engines: tests/storage/test_auth_engines.py"
+)
 def test_a_record_appended_inside_a_failed_write_goes_with_it(tmp_path: Path) -> None:
     async def main() -> list[Record]:
-        store = SqliteStorage(db(tmp_path))
+        store = SqliteStorage(tmp_path / "cityos.db")
         await store.start()
         try:
             audit = AuditStore(store)
@@ -236,7 +240,7 @@ def test_japanese_target_and_detail_survive(tmp_path: Path) -> None:
         detail={"名前": "城北小学校", "混雑": "やや混雑", "占有率": 0.62},
     )
 
-    async def job(audit: AuditStore) -> tuple[Record, list[Record], Any]:
+    async def job(audit: Audit) -> tuple[Record, list[Record], Any]:
         made = await audit.append(shelter)
         return made, await audit.records(), await audit.verify()
 
@@ -246,7 +250,7 @@ def test_japanese_target_and_detail_survive(tmp_path: Path) -> None:
     assert made.detail == {"名前": "城北小学校", "混雑": "やや混雑", "占有率": 0.62}
     assert verdict.ok
     out = tmp_path / "audit.jsonl"
-    result = CliRunner().invoke(
+    result = CliRunner(env=engine_env(tmp_path)).invoke(
         audit_group, ["export", "--output", str(out), "--data-dir", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
@@ -400,20 +404,17 @@ def test_a_rewritten_chain_is_caught_only_by_a_head_kept_elsewhere(tmp_path: Pat
     kept = Head(records[2].seq, records[2].hash)
     # The forger edits record 2 and rewrites every later hash and link, and the head.
     tamper(tmp_path, "UPDATE audit_log SET outcome='ok', actor='system' WHERE seq=2")
-    conn = sqlite3.connect(db(tmp_path))
-    cols = "seq, at, actor, action, target, tenant, outcome, detail, prev"
     prev = records[0].hash
-    with conn:
-        for seq in range(2, 5):
-            row = conn.execute(f"SELECT {cols} FROM audit_log WHERE seq=?", (seq,)).fetchone()
-            content = dict(zip(cols.split(", "), row, strict=True))
-            content["detail"], content["prev"] = json.loads(content["detail"]), prev
-            prev = content_hash(content)
-            conn.execute(
-                "UPDATE audit_log SET prev=?, hash=? WHERE seq=?", (content["prev"], prev, seq)
-            )
-        conn.execute("UPDATE audit_head SET hash=?", (prev,))
-    conn.close()
+    for seq in range(2, 5):
+        [row] = database_rows(tmp_path, f"SELECT {CONTENT} FROM audit_log WHERE seq={seq}")
+        content = dict(zip(CONTENT.split(", "), row, strict=True))
+        content["detail"], content["prev"] = json.loads(content["detail"]), prev
+        prev = content_hash(content)
+        tamper(
+            tmp_path,
+            f"UPDATE audit_log SET prev='{content['prev']}', hash='{prev}' WHERE seq={seq}",
+        )
+    tamper(tmp_path, f"UPDATE audit_head SET hash='{prev}'")
     assert with_audit(tmp_path, lambda audit: audit.verify()).ok  # the honest limit
     verdict = with_audit(tmp_path, lambda audit: audit.verify(expect=kept))
     assert (verdict.kind, verdict.seq) == ("edited", 3)
@@ -427,7 +428,7 @@ def test_the_log_keeps_recording_after_tampering(tmp_path: Path) -> None:
     seed(tmp_path, 3)
     tamper(tmp_path, "UPDATE audit_log SET target='urn:x:other' WHERE seq=2")
 
-    async def job(audit: AuditStore) -> tuple[Record, Any]:
+    async def job(audit: Audit) -> tuple[Record, Any]:
         return await audit.append(entry(4)), await audit.verify()
 
     record, verdict = with_audit(tmp_path, job)
@@ -439,7 +440,8 @@ def test_the_log_keeps_recording_after_tampering(tmp_path: Path) -> None:
 
 
 def cli(tmp_path: Path, *args: str) -> Any:
-    return CliRunner().invoke(audit_group, [*args, "--data-dir", str(tmp_path)])
+    runner = CliRunner(env=engine_env(tmp_path))
+    return runner.invoke(audit_group, [*args, "--data-dir", str(tmp_path)])
 
 
 def test_cli_verify_head_and_export(tmp_path: Path) -> None:
@@ -478,7 +480,7 @@ def test_cli_refuses_a_malformed_expected_head(tmp_path: Path) -> None:
 
 
 def test_cli_exports_a_log_longer_than_one_page(tmp_path: Path) -> None:
-    async def job(audit: AuditStore) -> None:
+    async def job(audit: Audit) -> None:
         await asyncio.gather(*(audit.append(entry(n % 100)) for n in range(2500)))
 
     with_audit(tmp_path, job)

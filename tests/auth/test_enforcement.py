@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import CITYOS, free_port, make_client, make_key, sensor, wait_for
+from conftest import (
+    CITYOS,
+    engine_env,
+    free_port,
+    make_client,
+    make_key,
+    sensor,
+    storage_of,
+    wait_for,
+)
 from starlette.testclient import TestClient
 
 from cityos.auth import context
@@ -18,8 +27,7 @@ from cityos.auth.audit import Record
 from cityos.auth.context import Identity
 from cityos.cli import main
 from cityos.settings import Settings, SettingsError, from_env
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage import engines
 
 JSON = {"Content-Type": "application/json"}
 ENTITY = sensor(1)
@@ -163,7 +171,8 @@ def test_every_write_is_audited_and_the_chain_verifies(tmp_path: Path) -> None:
         (f"key:{prefix}", "entities.post", "/ngsi-ld/v1/entities", "ok", {"status": 201}),
         (f"key:{prefix}", "entities.post", "/ngsi-ld/v1/entities", "error", {"status": 409}),
     ]
-    verified = CliRunner().invoke(main, ["audit", "verify", "--data-dir", str(tmp_path)])
+    runner = CliRunner(env=engine_env(tmp_path))
+    verified = runner.invoke(main, ["audit", "verify", "--data-dir", str(tmp_path)])
     assert verified.exit_code == 0, verified.output
     assert verified.output.startswith("audit log intact: 4 records")  # with the policy
 
@@ -175,7 +184,7 @@ def test_writes_are_audited_with_auth_off_too(tmp_path: Path) -> None:
 
 
 def test_key_changes_by_the_cli_are_audited(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env=engine_env(tmp_path))
     args = ["--name", "gauges", "--role", "operator", "--tenant", "", "--data-dir", str(tmp_path)]
     made = runner.invoke(main, ["keys", "create", *args])
     assert made.exit_code == 0, made.output
@@ -208,7 +217,7 @@ def test_security_headers_and_cors(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, host: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [CITYOS, "serve", "--host", host, "--port", str(free_port()), "--data-dir", str(tmp_path)],
-        env={**os.environ, "CITYOS_AUTH": "off"},
+        env={**os.environ, "CITYOS_AUTH": "off", **engine_env(tmp_path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -292,12 +301,12 @@ def test_presented_credential(
 
 def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(tmp_path: Path) -> None:
     now = [1_000_000.0]
+    store = storage_of(tmp_path)  # made here: it may set up a schema
 
     async def run() -> list[bool]:
-        store = SqliteStorage(tmp_path / "cityos.db")
         await store.start()
         try:
-            keys = AuthStore(store)
+            keys = engines.keys(store)
             await keys.setup()
             cred, plaintext = await keys.create_key("app", roles=["steward"], tenants=[""])
             identity = Identity(keys, ttl=30, clock=lambda: now[0])
@@ -316,6 +325,7 @@ def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(tmp_path: Path) 
 
 def test_catalog_tokens_are_cached_like_keys(tmp_path: Path) -> None:
     now = [1_000_000.0]
+    store = storage_of(tmp_path)  # made here: it may set up a schema
     valid = {"tok-tanaka": "tanaka"}
     asked: list[str] = []
 
@@ -324,10 +334,9 @@ def test_catalog_tokens_are_cached_like_keys(tmp_path: Path) -> None:
         return valid.get(token)
 
     async def run() -> list[tuple[bool, str]]:
-        store = SqliteStorage(tmp_path / "cityos.db")
         await store.start()
         try:
-            keys = AuthStore(store)
+            keys = engines.keys(store)
             await keys.setup()
             identity = Identity(keys, token_user=token_user, ttl=30, clock=lambda: now[0])
             seen = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,24 +10,27 @@ from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner
+from conftest import database_exists, database_text, engine_env, storage_of
 
 from cityos.auth import keys
 from cityos.auth.keys import KeyInputError
 from cityos.auth.keys_cli import keys_group
 from cityos.auth.policy import Operation, Policy
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_auth import AuthStore
+from cityos.storage import engines
+from cityos.storage.engines import Keys as AuthStore
 
 T = TypeVar("T")
 NOW = 1_780_000_000.0  # 2026-05-28
 
 
 def with_store(path: Path, job: Callable[[AuthStore], Awaitable[T]]) -> T:
+    """Run job on the API keys of the installation in path (SQLite or PostgreSQL)."""
+    store = storage_of(path)
+
     async def run() -> T:
-        store = SqliteStorage(path / "cityos.db")
         await store.start()
         try:
-            auth = AuthStore(store)
+            auth = engines.keys(store)
             await auth.setup()
             return await job(auth)
         finally:
@@ -142,9 +144,7 @@ def test_only_the_hash_is_stored(tmp_path: Path) -> None:
     _, plaintext = with_store(
         tmp_path, lambda auth: auth.create_key("a", roles=["admin"], tenants=["*"])
     )
-    conn = sqlite3.connect(tmp_path / "cityos.db")
-    dumped = "\n".join(conn.iterdump())
-    conn.close()
+    dumped = database_text(tmp_path)
     assert plaintext not in dumped
     assert plaintext[13:] not in dumped  # not even the secret part
     assert keys.digest(plaintext) in dumped
@@ -227,7 +227,8 @@ def test_the_store_refuses_bad_input_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def keys_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(keys_group, [*args, "--data-dir", str(tmp_path)])
+    runner = CliRunner(env=engine_env(tmp_path))
+    result = runner.invoke(keys_group, [*args, "--data-dir", str(tmp_path)])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -294,7 +295,7 @@ def test_cli_refuses_bad_input_and_creates_nothing(
     code, _, err = keys_cli(tmp_path, *args)
     assert code == 2
     assert message in err
-    assert not (tmp_path / "cityos.db").exists()
+    assert not database_exists(tmp_path)
 
 
 def test_cli_revoking_an_unknown_prefix_fails(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,13 +12,14 @@ from typing import TypeVar
 import pytest
 from argon2 import PasswordHasher
 from click.testing import CliRunner
+from conftest import database_rows, database_text, engine_env, storage_of
 
 from cityos.auth import users
 from cityos.auth.sessions import ABSOLUTE_SECONDS, IDLE_SECONDS, Sessions
 from cityos.auth.users import Accounts, Passwords, UserInputError
 from cityos.auth.users_cli import users_group
-from cityos.storage.sqlite import SqliteStorage
-from cityos.storage.sqlite_users import UserStore
+from cityos.storage import engines
+from cityos.storage.engines import Users as UserStore
 
 T = TypeVar("T")
 NOW = 1_780_000_000.0  # 2026-05-28
@@ -39,11 +39,13 @@ class Clock:
 
 
 def with_store(path: Path, job: Callable[[UserStore], Awaitable[T]]) -> T:
+    """Run job on the staff accounts of the installation in path (SQLite or PostgreSQL)."""
+    store = storage_of(path)
+
     async def run() -> T:
-        store = SqliteStorage(path / "cityos.db")
         await store.start()
         try:
-            found = UserStore(store)
+            found = engines.users(store)
             await found.setup()
             return await job(found)
         finally:
@@ -57,8 +59,7 @@ def accounts(store: UserStore, clock: Clock, hasher: PasswordHasher = FAST) -> A
 
 
 def stored_hash(path: Path, name: str) -> str:
-    with sqlite3.connect(path / "cityos.db") as conn:
-        row = conn.execute("SELECT password FROM auth_users WHERE name=?", (name,)).fetchone()
+    [row] = database_rows(path, f"SELECT password FROM auth_users WHERE name='{name}'")
     return str(row[0])
 
 
@@ -262,8 +263,8 @@ def test_only_the_digest_of_a_session_token_is_stored(tmp_path: Path) -> None:
         return token
 
     token = with_store(tmp_path, job)
-    with sqlite3.connect(tmp_path / "cityos.db") as conn:
-        dump = "\n".join(conn.iterdump())
+    dump = database_text(tmp_path)
+    assert "kudo" in dump  # the account is there
     assert token not in dump
     assert len(token) >= 43  # 32 random bytes
 
@@ -294,14 +295,14 @@ def test_a_new_password_disabling_or_deleting_ends_every_session(
 
 
 def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(users_group, [*args, "--data-dir", str(tmp_path)], input=stdin)
+    runner = CliRunner(env=engine_env(tmp_path))
+    result = runner.invoke(users_group, [*args, "--data-dir", str(tmp_path)], input=stdin)
     return result.exit_code, result.output
 
 
 def audit_actions(tmp_path: Path) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(tmp_path / "cityos.db") as conn:
-        rows = conn.execute("SELECT actor, action, target FROM audit_log ORDER BY seq")
-        return [(a.split(":")[0], b, c) for a, b, c in rows]
+    rows = database_rows(tmp_path, "SELECT actor, action, target FROM audit_log ORDER BY seq")
+    return [(a.split(":")[0], b, c) for a, b, c in rows]
 
 
 def test_users_cli_round_trip_is_audited(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ ORGS = [None, "sano", "kita", "minami"]
 LICENSES = [None, "", "cc-by-4.0", "jp-pdl-1.0"]
 STATES = ["active", "active", "active", "draft", "deleted"]
 FIELDS = sorted(search.FACET_FIELDS)
+#: the facet index is the SQLite catalog's; PostgreSQL counts facets in SQL (docs/postgres.md)
+SQLITE_INDEX = pytest.mark.sqlite_only("the SQLite catalog's in-memory facet index")
 
 
 def random_row(i: int, rng: random.Random) -> DatasetRow:
@@ -133,6 +135,7 @@ QUERIES = st.sampled_from(
 )
 
 
+@SQLITE_INDEX
 @settings(max_examples=120, deadline=None)
 @given(
     q=QUERIES,
@@ -169,6 +172,7 @@ def test_bitset_facets_equal_the_sql_facets(
     assert got.docs == ref.docs
 
 
+@SQLITE_INDEX
 def test_the_landing_page_facets_count_visible_datasets_only(catalog: TestClient) -> None:
     got, ref = run_both(catalog, make_query(facet_fields=["state", "private", "res_format"]))
     assert got.facets["state"] == [("active", got.count)]  # no drafts or deleted ones
@@ -182,6 +186,7 @@ def test_the_landing_page_facets_count_visible_datasets_only(catalog: TestClient
     assert got == ref
 
 
+@SQLITE_INDEX
 @pytest.mark.parametrize("memory", [0, 4000, 20_000])
 def test_values_without_a_bitset_are_counted_exactly(tmp_path: Path, memory: int) -> None:
     """With little memory, rare values live in the tail; counts must not change."""
@@ -215,6 +220,7 @@ def test_values_without_a_bitset_are_counted_exactly(tmp_path: Path, memory: int
         assert bool(index.fields["tags"].tail) == (memory < 20_000)
 
 
+@SQLITE_INDEX
 def test_the_index_follows_writes(tmp_path: Path) -> None:
     with make_client(tmp_path) as c:
         meta: CatalogStore = c.app.catalog.meta  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import make_client
+from conftest import database_exists, database_text, engine_env, make_client
 from starlette.testclient import TestClient
 
 CITYOS = str(Path(sys.executable).parent / "cityos")
@@ -52,6 +52,7 @@ def csv_text(header: str, *rows: str) -> str:
 
 def cityos_import(path: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    env.update(engine_env(data))
     return subprocess.run(
         [CITYOS, "import", str(path), "--data-dir", str(data), *args],
         capture_output=True,
@@ -162,7 +163,7 @@ def test_a_refused_file_changes_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     good = write(tmp_path / "aed.csv", csv_text(AED_HEADER, *AED_ROWS).encode())
     assert cityos_import(good, data, "--dataset", "aed").returncode == 0
-    before = (data / "cityos.db").stat().st_mtime_ns
+    before = database_text(data)
 
     rows = list(AED_ROWS[:2])
     rows[1] = rows[1].replace("36.3201,139.5902", "139.5902,36.3201")  # swapped
@@ -174,7 +175,7 @@ def test_a_refused_file_changes_nothing(tmp_path: Path) -> None:
         "latitude and longitude look swapped (write 緯度 36.3201, 経度 139.5902)"
     ) in done.stdout
     assert "refused: nothing was imported" in done.stdout
-    assert (data / "cityos.db").stat().st_mtime_ns == before
+    assert database_text(data) == before
     with make_client(data) as c:
         assert [r["ID"] for r in records(c, "092045-aed")] == ["1", "2", "3"]
         assert len(entities(c, "PointOfInterest")) == 3
@@ -192,6 +193,7 @@ def test_a_file_missing_a_required_column_is_refused_naming_it(tmp_path: Path) -
         done.stdout
     )
     assert not data.exists()  # not even a database was created
+    assert not database_exists(data)
 
 
 def test_partial_imports_the_good_rows_only(tmp_path: Path) -> None:
@@ -281,3 +283,4 @@ def test_dry_run_and_usage_errors_write_nothing(tmp_path: Path) -> None:
     assert cityos_import(src, data, "--dataset", "shelters").returncode == 2
     assert cityos_import(src, data, "--dataset", "aed", "--organization", "佐野").returncode == 2
     assert not data.exists()
+    assert not database_exists(data)

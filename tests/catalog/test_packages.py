@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_client
+from conftest import engine_env, make_client
 from starlette.testclient import TestClient
 
 from cityos.cli import main
@@ -373,7 +373,7 @@ def test_tag_list_license_list_status_and_help(api: Api) -> None:
 
 
 def test_token_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env=engine_env(tmp_path))
     made = runner.invoke(main, ["token", "create", "--user", "editor", "--data-dir", str(tmp_path)])
     assert made.exit_code == 0, made.output
     token = made.stdout.strip().splitlines()[0]

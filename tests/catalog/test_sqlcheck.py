@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_client
+from conftest import ENGINE, make_client
 from starlette.testclient import TestClient
 
 from cityos.catalog import registry, sqlcheck
@@ -111,11 +111,16 @@ def test_hostile_sql_is_refused_and_changes_nothing(
     assert call(client, "datastore_search", {"resource_id": rid})["total"] == 3
 
 
-@pytest.mark.parametrize(
-    "table", ["sqlite_master", "_datastore_tables", "{rid}__fts_data", "{rid}__fts_idx"]
-)
+#: each engine's own tables next to the datastore's (quoted names)
+SYSTEM_TABLES = {
+    "sqlite": ['"sqlite_master"', '"_datastore_tables"', '"{rid}__fts_data"', '"{rid}__fts_idx"'],
+    "postgresql": ["pg_catalog.pg_class", "information_schema.tables", "public.spatial_ref_sys"],
+}[ENGINE]
+
+
+@pytest.mark.parametrize("table", SYSTEM_TABLES)
 def test_system_tables_are_an_authorization_error(client: TestClient, rid: str, table: str) -> None:
-    status, err = sql(client, f'SELECT * FROM "{table.replace("{rid}", rid)}"')
+    status, err = sql(client, f"SELECT * FROM {table.replace('{rid}', rid)}")
     assert status == 403, err
     assert err["__type"] == "Authorization Error"
     assert "system tables" in err["message"]

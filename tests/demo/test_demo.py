@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import MQTT_HOST, MQTT_PORT, free_port, make_client, require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, engine_env, free_port, make_client, require_mosquitto
 
 from cityos.cli import main
 from cityos.demo import sano, scenario
@@ -22,7 +22,7 @@ GAUGE = "urn:ngsi-ld:WaterObserved:sano-akiyama-ohashi"
 
 
 def test_demo_no_serve_loads_sano_and_is_idempotent(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env=engine_env(tmp_path))
     n = len(sano.entities())
     for _ in range(2):
         result = runner.invoke(main, ["demo", "--no-serve", "--data-dir", str(tmp_path)])
@@ -56,6 +56,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = ""
     for _ in range(2):  # the second run must start afresh
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+        env.update(engine_env(data))
         r = subprocess.run(
             [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(free_port()),
              "--data-dir", str(data)],
@@ -149,6 +150,7 @@ def test_demo_urls_answer(demo_run: tuple[Path, str]) -> None:
 def test_demo_once_replays_the_typhoon_over_mqtt(tmp_path: Path) -> None:
     require_mosquitto()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    env.update(engine_env(tmp_path))
     env["CITYOS_MQTT_URL"] = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
     env["CITYOS_MQTT_GROUP"] = f"demo-test-{os.getpid()}"  # nobody else takes our messages
     r = subprocess.run(

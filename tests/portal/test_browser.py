@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import engine_env, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CITYOS = str(Path(sys.executable).parent / "cityos")
@@ -47,6 +47,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Replay the typhoon into a fresh data dir, then serve it; yield the portal's base URL."""
     data = tmp_path_factory.mktemp("portal")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOS_")}
+    env.update(engine_env(data))
     subprocess.run(
         [CITYOS, "demo", "--once", "--speed", "1000000", "--port", str(free_port()),
          "--data-dir", str(data)],

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 from click.testing import CliRunner
-from conftest import free_port
+from conftest import engine_env, free_port
 from starlette.routing import Router
 from starlette.testclient import TestClient
 
@@ -37,7 +37,8 @@ async def tiny_site(*, surge: bool) -> dict[str, bytes]:
 
 def portal_app(data_dir: Path) -> Any:
     """Assemble the portal routes the way cityos/app.py does, with the tiny site."""
-    settings = Settings(data_dir=data_dir, remote_contexts=False)
+    url = engine_env(data_dir).get("CITYOS_DATABASE_URL")  # the engine under test
+    settings = Settings(data_dir=data_dir, database_url=url, remote_contexts=False)
     store = make_storage(settings)
     broker = Broker(store, ContextLoader(remote_fetch=False), settings)
     table = portal_routes(broker, tiny_site)
@@ -168,7 +169,7 @@ def test_publish_writes_a_full_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(portal_api, "site_builder", lambda *_a, **_k: tiny_site)
     monkeypatch.delenv("CITYOS_DATA_DIR", raising=False)
     out = tmp_path / "copy"
-    runner = CliRunner()
+    runner = CliRunner(env=engine_env(data))
     first = runner.invoke(cli.main, ["publish", "--to", str(out), "--data-dir", str(data)])
     assert first.exit_code == 0, first.output
     assert "written   index.html  11 bytes" in first.output
@@ -182,6 +183,7 @@ def test_publish_writes_a_full_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (out / "index.html").read_bytes() == b"<p>full</p>"
 
 
+@pytest.mark.sqlite_only("a data dir without its SQLite file")
 def test_publish_refuses_a_missing_database(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         cli.main, ["publish", "--to", str(tmp_path / "out"), "--data-dir", str(tmp_path / "no")]

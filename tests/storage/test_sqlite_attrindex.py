@@ -25,6 +25,9 @@ from cityos.storage.sqlite_attrindex import (
     register_functions,
 )
 
+#: both engines: tests/storage/test_*_engines.py
+pytestmark = pytest.mark.sqlite_only("the SQLite engine's attribute index, in the file")
+
 V = "https://example.org/"
 NOW = "2026-01-01T00:00:00.000000Z"
 TABLES = """

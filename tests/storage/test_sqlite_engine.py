@@ -13,6 +13,9 @@ from cityos.storage import sqlite_geo
 from cityos.storage.base import EntityQuery, Mutation
 from cityos.storage.sqlite import SqliteStorage
 
+#: both engines: tests/storage/test_*_engines.py
+pytestmark = pytest.mark.sqlite_only("the SQLite engine's writer and its path cache")
+
 T = "https://x.org/T"
 
 

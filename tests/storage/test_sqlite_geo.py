@@ -27,6 +27,9 @@ from cityos.storage.sqlite_geo import (
     write_geo,
 )
 
+#: both engines: tests/storage/test_*_engines.py
+pytestmark = pytest.mark.sqlite_only("the SQLite engine's R*Tree geo index")
+
 ENTITIES_DDL = """
 CREATE TABLE entities(
     rid INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,

@@ -17,6 +17,9 @@ from cityos.storage.base import Mutation
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_history import HistorySelection, SqliteHistory, record_change
 
+#: both engines: tests/storage/test_*_engines.py
+pytestmark = pytest.mark.sqlite_only("the SQLite history's tables and query plans")
+
 T = "https://x.org/Gauge"
 LEVEL = "https://x.org/level"
 NAME = "https://x.org/name"

@@ -15,6 +15,9 @@ from cityos.broker.model import LOCATION
 from cityos.storage.base import EntityQuery, Mutation
 from cityos.storage.sqlite import SqliteStorage
 
+#: both engines: tests/storage/test_*_engines.py
+pytestmark = pytest.mark.sqlite_only("the SQLite engine's near ordering")
+
 CENTER = (139.5783, 36.3144)
 
 

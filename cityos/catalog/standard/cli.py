@@ -88,9 +88,9 @@ def _settings(data_dir: Path | None) -> Settings:
 
     try:
         settings = from_env().with_overrides(data_dir=data_dir)
-        path = settings.sqlite_path
-        if path.exists():
-            check_schema(path)
+        # PostgreSQL checks its schema when the store starts
+        if settings.engine == "sqlite" and settings.sqlite_path.exists():
+            check_schema(settings.sqlite_path)
     except (SettingsError, SchemaError) as exc:
         raise click.UsageError(str(exc)) from None
     # an import talks to no devices: no MQTT subscriber, whatever the environment says
