@@ -25,15 +25,36 @@ DATA_DIR: Final = click.option(
 
 
 def check_database(settings: Settings) -> None:
-    """Refuse a SQLite file written by a newer cityos (PostgreSQL checks its own at start)."""
+    """Refuse a database written by a newer cityos, with a message rather than a traceback.
+
+    PostgreSQL: bring its schema up to date first (what every worker would do at start), so
+    that workers start on an upgraded schema and an unreachable or newer database is said once.
+    """
     from cityos.storage.sqlite import SchemaError, check_schema
 
-    if settings.engine != "sqlite":
+    if settings.engine == "postgresql":
+        _upgrade_postgres(settings)
         return
     try:
         check_schema(settings.sqlite_path)
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _upgrade_postgres(settings: Settings) -> None:
+    import asyncpg
+
+    from cityos.storage import pg_schema
+
+    assert settings.database_url is not None
+    try:
+        asyncio.run(pg_schema.upgrade(settings.database_url))
+    except pg_schema.SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise click.ClickException(
+            f"cannot reach the database {settings.database_label}: {exc}"
+        ) from None
 
 
 def with_storage(data_dir: Path | None, job: Callable[[Storage], Awaitable[T]]) -> T:

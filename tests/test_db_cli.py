@@ -58,7 +58,36 @@ def test_the_operator_commands_work_on_postgresql(pg_database: str, tmp_path: Pa
     assert verified.output.startswith("audit log intact: 2 records")  # key.create, user.create
     # nothing of it went into a SQLite file
     assert not (tmp_path / "cityos.db").exists()
-    # the dump reads and writes SQLite installations only so far: said, not a traceback
+    # the dump reads PostgreSQL too (tests/dump/test_dump_engines.py has the round trips)
     dumped = runner.invoke(main, ["export", str(tmp_path / "x.gz"), *data], env=env)
-    assert dumped.exit_code == 1
-    assert "works on a SQLite installation only so far" in dumped.output
+    assert dumped.exit_code == 0, dumped.output
+    assert "1 key" in dumped.output
+    assert "1 user" in dumped.output
+
+
+def test_serve_says_plainly_when_the_database_is_newer_or_unreachable(
+    pg_database: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+    import subprocess
+
+    from conftest import CITYOS, admin_sql, free_port, pg_schema_url
+
+    url = pg_schema_url(pg_database)
+    assert CliRunner().invoke(main, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    asyncio.run(admin_sql(url, "INSERT INTO schema_migrations(version) VALUES (9999)"))
+    for database, said in (
+        (url, "from a newer cityos"),
+        ("postgresql://x@127.0.0.1:1/x", "cannot reach the database"),
+    ):
+        done = subprocess.run(
+            [CITYOS, "serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+            env={**os.environ, "CITYOS_DATABASE_URL": database},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert said in done.stderr
+        assert "Traceback" not in done.stderr
