@@ -131,7 +131,7 @@ class RedisBus(Bus):
                 )
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis-py 8
             await asyncio.sleep(delay)
             delay = min(delay * 2, _LAST_RETRY)
 
