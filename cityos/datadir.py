@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -47,8 +48,11 @@ def _upgrade_postgres(settings: Settings) -> None:
     from cityos.storage import pg_schema
 
     assert settings.database_url is not None
+    url = settings.database_url
     try:
-        asyncio.run(pg_schema.upgrade(settings.database_url))
+        # on a thread of its own: a caller may be inside a running event loop (the demo)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, pg_schema.upgrade(url)).result()
     except pg_schema.SchemaError as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

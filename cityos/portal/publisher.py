@@ -185,11 +185,24 @@ class Publisher:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
-        """Start publishing, beginning with a full build."""
+        """Start publishing, beginning with a full build.
+
+        The leader's first build is done before this returns, so a server that says it is
+        ready serves snapshots of the data it has, not ones left by an earlier run.
+        """
         # events of this loop: an app may be started again in another one (tests do)
         self._wake, self._hurry = asyncio.Event(), asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._wake.set()
+        if self._leader():
+            try:
+                await self._build()
+                self.builds += 1
+                self._last = time.monotonic()
+            except Exception:  # the loop below retries
+                log.exception("portal build failed; retrying at once (the first build)")
+                self._wake.set()
+        else:
+            self._wake.set()  # tells the leader
         self._task = asyncio.create_task(self._run(), name="cityos-portal-publisher")
 
     async def stop(self) -> None:
