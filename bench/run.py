@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +140,12 @@ def log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start `cityos serve` (one worker) and wait until /-/health answers 200."""
+def start_server(
+    data_dir: Path, port: int, log: Path, extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `cityos serve` (one worker, unless extra says) and wait until /-/health answers 200."""
     exe = Path(sys.executable).parent / "cityos"
-    cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
     cmd += ["--data-dir", str(data_dir)]
     data_dir.mkdir()
     with log.open("wb") as out:

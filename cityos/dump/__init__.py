@@ -3,6 +3,7 @@
 from cityos.dump.export import export_installation
 from cityos.dump.format import FORMAT, VERSION, DumpError, DumpReader, DumpWriter
 from cityos.dump.installation import Installation
+from cityos.dump.pg_installation import PgInstallation
 from cityos.dump.restore import import_dump
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "DumpReader",
     "DumpWriter",
     "Installation",
+    "PgInstallation",
     "export_installation",
     "import_dump",
 ]

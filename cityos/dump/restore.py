@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from cityos.catalog.errors import CkanError
-from cityos.dump.export import PROGRESS_EVERY, Progress
 from cityos.dump.format import DumpError, DumpReader, decode_row
 from cityos.dump.installation import (
     DATASTORE_SECTIONS,
@@ -21,7 +18,10 @@ from cityos.dump.installation import (
     Installation,
     table_loaders,
 )
-from cityos.storage.sqlite import DumpRow, SqliteStorage, load_sequence
+from cityos.dump.pg_installation import PgInstallation
+from cityos.dump.pg_restore import import_postgres
+from cityos.dump.records import Progress, Tally, batches, write_pieces
+from cityos.storage.sqlite import SqliteStorage, load_sequence
 from cityos.storage.sqlite_audit import AuditStore
 from cityos.storage.sqlite_auth import AuthStore
 from cityos.storage.sqlite_catalog import CatalogStore
@@ -32,47 +32,7 @@ from cityos.storage.sqlite_live import LiveStore
 from cityos.storage.sqlite_subscriptions import Registry, SubscriptionStore
 from cityos.storage.sqlite_users import UserStore
 
-#: records per writer job: big enough to load fast, small enough to keep memory flat
-BATCH: Final = 1000
-
 Write = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
-
-
-def _batches(
-    records: Iterator[tuple[str, dict[str, Any]]],
-) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Group consecutive records of one section, BATCH at most."""
-    section, batch = "", list[dict[str, Any]]()
-    for s, record in records:
-        if batch and (s != section or len(batch) >= BATCH):
-            yield section, batch
-            batch = []
-        section = s
-        batch.append(record)
-    if batch:
-        yield section, batch
-
-
-def _safe(rel: str) -> PurePosixPath:
-    path = PurePosixPath(rel)
-    if not rel or path.is_absolute() or ".." in path.parts:
-        raise DumpError(f"the dump names a file outside the files folder: {rel!r}")
-    return path
-
-
-def _write_pieces(root: Path, pieces: Sequence[DumpRow]) -> None:
-    for piece in pieces:
-        path = root / _safe(str(piece["path"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        offset = int(piece["offset"])
-        if offset != (path.stat().st_size if path.exists() else 0):
-            raise DumpError(f"the dump's pieces of {piece['path']} are out of order")
-        try:
-            data = base64.b64decode(piece["data"], validate=True)
-        except binascii.Error:
-            raise DumpError(f"the dump's piece of {piece['path']} is not base64") from None
-        with path.open("ab" if offset else "wb") as f:
-            f.write(data)
 
 
 class _Target:
@@ -107,7 +67,7 @@ class _Target:
     async def load(self, section: str, batch: list[dict[str, Any]]) -> None:
         """Store one batch of records of a section."""
         if section == FILE:
-            _write_pieces(self.staged.files, batch)
+            write_pieces(self.staged.files, batch)
             return
         if section in DATASTORE_SECTIONS:
             rows = [
@@ -134,9 +94,13 @@ class _Target:
 
 
 async def import_dump(
-    source: Path, inst: Installation, progress: Progress = lambda n, section: None
+    source: Path,
+    inst: Installation | PgInstallation,
+    progress: Progress = lambda n, section: None,
 ) -> Counter[str]:
     """Load the dump at source into inst, which must be empty; return records per section."""
+    if isinstance(inst, PgInstallation):
+        return await import_postgres(source, inst, progress)
     found = inst.contents()
     if found is not None:
         raise DumpError(
@@ -145,18 +109,15 @@ async def import_dump(
         )
     reader = DumpReader(source)  # refuses a foreign or newer file before anything is made
     staged = inst.staging()
-    counts: Counter[str] = Counter()
+    tally = Tally(progress)
     try:
         staged.remove()  # what an interrupted import left behind
         target = _Target(staged)
         await target.start()
         try:
-            for section, batch in _batches(reader.records()):
+            for section, batch in batches(reader.records()):
                 await target.load(section, batch)
-                before = sum(counts.values())
-                counts[section] += len(batch)
-                if before // PROGRESS_EVERY != sum(counts.values()) // PROGRESS_EVERY:
-                    progress(sum(counts.values()), section)
+                tally.add(section, len(batch))
         finally:
             await target.close()
         inst.replace_by(staged)
@@ -170,4 +131,4 @@ async def import_dump(
         raise
     finally:
         reader.close()
-    return counts
+    return tally.counts

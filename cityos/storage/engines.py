@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cityos.storage.base import Change, Storage
 from cityos.storage.pg_audit import PgAuditStore
@@ -58,15 +57,16 @@ def sqlite(store: Storage) -> SqliteStorage:
 
 
 def on_change(store: Storage, listener: Callable[[Change], None]) -> None:
-    """Call listener with every entity change, in the write's transaction (must not block)."""
+    """Call listener with every entity change (must not block).
+
+    On SQLite it runs on the writer thread in the write's transaction (work it starts queues
+    behind the commit); on PostgreSQL, once the write has committed, so that work it starts
+    reads the changed data.
+    """
     if not isinstance(store, PostgresStorage):
         sqlite(store).add_change_hook(lambda _conn, change: listener(change))
         return
-
-    async def hook(_conn: Any, change: Change) -> None:
-        listener(change)
-
-    store.add_change_hook(hook)
+    store.add_listener(listener)
 
 
 def history(store: Storage) -> History:

@@ -7,11 +7,16 @@ same inside a transaction that is already open (an entity change hook, a key cha
 record then commits or rolls back with the change it describes, and other appends wait for
 that transaction to end. A refused or failed request must be recorded with `append`, in a
 transaction of its own, so that the refusal's rollback keeps its record.
+
+`append` group-commits: the records asked for while an append transaction runs wait for it,
+then all go together in the next one (one lock, one chain read, one head update, one commit),
+each caller still answered only once its record is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -35,9 +40,19 @@ from cityos.storage.sqlite import DumpRow
 
 T = TypeVar("T")
 
+log = logging.getLogger("cityos.audit")
+
 #: the advisory lock that serializes appends ("cityaudt" in ASCII)
 LOCK_KEY: Final = int.from_bytes(b"cityaudt", "big")
 _PAGE: Final = 1000
+#: most records in one group commit
+_BATCH: Final = 500
+#: the records of a group commit, sent as one array per column
+_INSERT_ALL: Final = (
+    f"INSERT INTO audit_log({COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::text[], "
+    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
+    "$10::text[])"
+)
 
 
 class PgAuditStore:
@@ -46,6 +61,9 @@ class PgAuditStore:
     def __init__(self, store: PostgresStorage, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._store = store
         self._clock = clock
+        #: entries waiting for the next group commit, with the future each caller awaits
+        self._queue: list[tuple[Entry, asyncio.Future[Record]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     #: dump sections, in the order and with the columns of AuditStore.dump_rows
     DUMP_SECTIONS: Final = ("audit", "audit_head")
@@ -91,27 +109,81 @@ class PgAuditStore:
         )
 
     async def append(self, entry: Entry) -> Record:
-        """Record entry as the next record, in a transaction of its own; return the record."""
+        """Record entry as the next record, committed before this returns; return the record.
+
+        Appends asked for at once share one transaction (group commit); the record is in a
+        transaction of no other change, so a caller's own rollback never takes it away.
+        """
+        future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not future.get_loop():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Commit the queued entries, a batch per transaction, until none is left."""
+        await asyncio.sleep(0)  # let the appends of this turn of the loop join the first batch
+        while self._queue:
+            batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+            try:
+                if len(batch) > 1:
+                    try:
+                        records = await self._commit([entry for entry, _ in batch])
+                    except Exception:  # noqa: BLE001 (retried one by one just below)
+                        log.warning("a group of audit records failed; retrying one by one")
+                    else:
+                        for (_, future), record in zip(batch, records, strict=True):
+                            if not future.done():
+                                future.set_result(record)
+                        continue
+                # alone, or after a failed batch: one bad entry must not cost the others
+                for entry, future in batch:
+                    await self._commit_one(entry, future)
+            finally:
+                # cancelled (the loop is shutting down): its callers must not wait forever
+                for _, future in batch:
+                    future.cancel()
+
+    async def _commit_one(self, entry: Entry, future: asyncio.Future[Record]) -> None:
+        try:
+            (record,) = await self._commit([entry])
+        except Exception as exc:  # noqa: BLE001 (handed to the caller, who awaits it)
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(record)
+
+    async def _commit(self, entries: Sequence[Entry]) -> list[Record]:
         async with self._store.pool.acquire() as conn, conn.transaction():
-            return await self.append_in(conn, entry)
+            return await self._append_all(conn, entries)
 
     async def append_in(self, conn: Conn, entry: Entry) -> Record:
         """Record entry inside a transaction that is already open on conn; return the record."""
+        (record,) = await self._append_all(conn, [entry])
+        return record
+
+    async def _append_all(self, conn: Conn, entries: Sequence[Entry]) -> list[Record]:
+        """Chain entries after the last record, in order, inside conn's open transaction."""
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         last = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        record = chain(entry, seq=seq, at=self._clock(), prev=prev)
-        await conn.execute(
-            f"INSERT INTO audit_log({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            *row_values(record),
-        )
+        seq, prev = (last[0], last[1]) if last else (0, GENESIS)
+        records: list[Record] = []
+        for entry in entries:
+            seq += 1
+            record = chain(entry, seq=seq, at=self._clock(), prev=prev)
+            records.append(record)
+            prev = record.hash
+        columns = list(zip(*(row_values(r) for r in records), strict=True))
+        await conn.execute(_INSERT_ALL, *columns)
         await conn.execute(
             "INSERT INTO audit_head(id, seq, hash) VALUES (1, $1, $2) "
             "ON CONFLICT (id) DO UPDATE SET seq=excluded.seq, hash=excluded.hash",
-            record.seq,
-            record.hash,
+            seq,
+            prev,
         )
-        return record
+        return records
 
     async def records(self, after_seq: int = 0, limit: int = _PAGE) -> list[Record]:
         """Return up to limit records with seq above after_seq, in order."""

@@ -50,7 +50,7 @@ _SECTIONS: Final = {
     "catalog_resource": (
         "catalog_resources",
         "id, ds, format",
-        # SQLite lists them in the order written; any order loads alike
+        # the order SQLite lists them in too: a dump is the same from either engine
         "ds, id",
         ("id", "ds", "format"),
     ),

@@ -80,16 +80,43 @@ async def _insert(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
     await conn.executemany(_ROW_SQL, rows)
 
 
+#: the rows of an entity already in the history, in one statement: its hid is looked up, and
+#: nothing is written unless every partition ($11) exists. The INSERT holds ROW EXCLUSIVE on
+#: attr_history from before that check until commit, as `partitions.ensure` would, so no
+#: partition found can be dropped meanwhile. Rows go in the order given, so that their
+#: instanceIds (the sequence) follow it.
+_KNOWN_ROWS_SQL: Final = (
+    "INSERT INTO attr_history(hid, attr, ds, t_obs, t_cre, t_mod, num, val, inst) "
+    "SELECT h.hid, u.a, u.d, u.o, u.c, u.m, u.n, u.v, u.i FROM history_entities h, unnest("
+    "$3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[], "
+    "$9::text[], $10::json[]) WITH ORDINALITY u(a, d, o, c, m, n, v, i, k) "
+    "WHERE h.tenant=$1 AND h.eid=$2 "
+    "AND NOT EXISTS (SELECT FROM unnest($11::text[]) p(n) WHERE to_regclass(p.n) IS NULL) "
+    "ORDER BY u.k"
+)
+
+
 async def record_change(conn: Conn, change: Change) -> None:
     """Record the attribute instances a change added or altered (a PostgresStorage hook)."""
     pending, new_types = recorded_instances(change)
     if not pending:
         return
     assert change.new is not None
+    at = to_micros(change.at)
+    if not new_types:
+        # the common case, an update of an entity with a history, in one statement; else
+        # (a new entity, a missing partition) the long way below
+        rows = [instance_row(0, a, i, at, at)[1:] for a, i in pending]
+        months = sorted({partitions.Month.of(r[2]).name for r in rows})
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        status = await conn.execute(
+            _KNOWN_ROWS_SQL, change.tenant, change.entity_id, *columns, months
+        )
+        if _count(status):
+            return
     hid, _ = await _ensure_entity(
         conn, change.tenant, change.entity_id, change.new["type"], new_types=new_types
     )
-    at = to_micros(change.at)
     await _insert(conn, [instance_row(hid, a, i, at, at) for a, i in pending])
 
 

@@ -6,8 +6,8 @@ sent as arrays so that each table costs one statement per write.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -46,6 +46,20 @@ class PathIds:
             ):
                 pending[path] = pid
         return {p: self._ids.get(p) or pending[p] for p in wanted}
+
+    def known(self) -> Mapping[str, int]:
+        """Return the committed paths known so far (path -> pid)."""
+        return self._ids
+
+    async def learn(self, conn: Conn, paths: Iterable[str] | None = None) -> None:
+        """Remember the stored pids of paths (None: of every path, up to the cache's size)."""
+        if paths is None:
+            rows = await conn.fetch("SELECT pid, path FROM attr_paths ORDER BY pid LIMIT 100000")
+        else:
+            rows = await conn.fetch(
+                "SELECT pid, path FROM attr_paths WHERE path = ANY($1::text[])", list(paths)
+            )
+        self.commit({path: pid for pid, path in rows})
 
     def commit(self, pending: dict[str, int]) -> None:
         """Remember the paths of a committed transaction."""
@@ -123,6 +137,48 @@ async def insert(conn: Conn, rid: int, doc: Doc, paths: PathIds, pending: dict[s
     await _insert_geo(conn, rid, doc)
 
 
+#: a new entity with all its index rows, in one statement (the rows' foreign keys are checked
+#: at its end, when the entity row is there)
+_CREATE: Final = (
+    "WITH e AS (INSERT INTO entities(tenant, id, doc, types, created_at, modified_at) "
+    "VALUES($1, $2, $3, $4, $5, $6) RETURNING rid), "
+    "k AS (INSERT INTO entity_attrs(rid, attr, atype) "
+    "SELECT e.rid, u.a, u.t FROM e, unnest($7::text[], $8::text[]) u(a, t)), "
+    "g AS (INSERT INTO geo_index(rid, attr, geom) "
+    "SELECT e.rid, u.a, ST_Force2D(ST_SetSRID(ST_GeomFromGeoJSON(u.g), 4326)) "
+    "FROM e, unnest($9::text[], $10::text[]) WITH ORDINALITY u(a, g, n) ORDER BY u.n), "
+    "v AS (INSERT INTO attr_index(rid, pid, t, n, s, j) SELECT e.rid, u.* FROM e, unnest("
+    "$11::integer[], $12::smallint[], $13::float8[], $14::text[], $15::jsonb[]) u) "
+    "SELECT rid FROM e"
+)
+
+
+async def create(
+    conn: Conn, tenant: str, doc: Doc, text: str, paths: PathIds, pending: dict[str, int]
+) -> int:
+    """Store a new document (serialized as text) and its index rows; return its rid."""
+    values = index_rows(0, doc)
+    pids = await paths.ids(conn, (r[1] for r in values), pending)
+    kinds = sorted(set(attr_kinds(doc)))
+    geo = geo_rows(doc)
+    rid: int | None = await conn.fetchval(
+        _CREATE,
+        tenant,
+        doc["id"],
+        text,
+        doc["type"],
+        doc["createdAt"],
+        doc["modifiedAt"],
+        [a for a, _ in kinds],
+        [t for _, t in kinds],
+        [a for a, _, _ in geo],
+        [g for _, g, _ in geo],
+        *_columns(values, pids)[1:],
+    )
+    assert rid is not None
+    return rid
+
+
 async def update(
     conn: Conn,
     rid: int,
@@ -132,6 +188,30 @@ async def update(
     pending: dict[str, int],
 ) -> None:
     """Rewrite the index rows of the attributes that changed between two versions."""
+    await rewrite(conn, rid, old, new, None, paths, pending)
+
+
+#: a new version of the document, with its changed value rows, in one statement (the
+#: sub-statements share one snapshot: the DELETE sees only the old rows, never the new ones)
+_REWRITE: Final = (
+    "WITH doc AS (UPDATE entities SET doc=$7, types=$8, modified_at=$9 WHERE rid=$10 AND $11), "
+    "gone AS (DELETE FROM attr_index WHERE rid=$10 AND pid = ANY($12::integer[])) "
+    "INSERT INTO attr_index(rid, pid, t, n, s, j) SELECT * FROM unnest("
+    "$1::bigint[], $2::integer[], $3::smallint[], $4::float8[], $5::text[], $6::jsonb[])"
+)
+
+
+async def rewrite(
+    conn: Conn,
+    rid: int,
+    old: Doc,
+    new: Doc,
+    text: str | None,
+    paths: PathIds,
+    pending: dict[str, int],
+) -> None:
+    """Store new (serialized as text, unless None) over old and rewrite what changed of its
+    index rows; the document and its value rows cost one statement together."""
     if set(attr_kinds(old)) != set(attr_kinds(new)):
         await conn.execute("DELETE FROM entity_attrs WHERE rid=$1", rid)
         await _insert_kinds(conn, rid, new)
@@ -139,17 +219,45 @@ async def update(
     changed = [
         n for n in old_attrs.keys() | new_attrs.keys() if old_attrs.get(n) != new_attrs.get(n)
     ]
-    if changed:
-        # an attribute's paths all start with its name, so its rows are those of its paths
-        before = {r[1] for r in index_rows(rid, old, changed)}
-        if before:
-            pids = await paths.ids(conn, before, pending)
-            await conn.execute(
-                "DELETE FROM attr_index WHERE rid=$1 AND pid = ANY($2::integer[])",
-                rid,
-                list(pids.values()),
-            )
-        await _insert_values(conn, index_rows(rid, new, changed), paths, pending)
+    # an attribute's paths all start with its name, so its rows are those of its paths
+    before = {r[1] for r in index_rows(rid, old, changed)} if changed else set()
+    after = index_rows(rid, new, changed) if changed else []
+    pids = await paths.ids(conn, before | {r[1] for r in after}, pending)
+    if text is not None or before or after:
+        await conn.execute(
+            _REWRITE,
+            *_columns(after, pids),
+            text,
+            new["type"],
+            new.get("modifiedAt"),
+            rid,
+            text is not None,
+            [pids[p] for p in before],
+        )
     if geo_rows(old) != geo_rows(new):
         await conn.execute("DELETE FROM geo_index WHERE rid=$1", rid)
         await _insert_geo(conn, rid, new)
+
+
+async def insert_many(
+    conn: Conn, docs: Sequence[tuple[int, Doc]], paths: PathIds, pending: dict[str, int]
+) -> None:
+    """Index many newly stored (rid, document) pairs, one statement per index (dump loads)."""
+    kinds = [(rid, a, t) for rid, doc in docs for a, t in sorted(set(attr_kinds(doc)))]
+    if kinds:
+        await conn.execute(
+            "INSERT INTO entity_attrs(rid, attr, atype) "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])",
+            *(list(col) for col in zip(*kinds, strict=True)),
+        )
+    await _insert_values(
+        conn, [r for rid, doc in docs for r in index_rows(rid, doc)], paths, pending
+    )
+    geo = [(rid, a, g) for rid, doc in docs for a, g, _ in geo_rows(doc)]
+    if geo:
+        await conn.execute(
+            "INSERT INTO geo_index(rid, attr, geom) SELECT r, a, "
+            "ST_Force2D(ST_SetSRID(ST_GeomFromGeoJSON(g), 4326)) "
+            "FROM unnest($1::bigint[], $2::text[], $3::text[]) u(r, a, g)",
+            *(list(col) for col in zip(*geo, strict=True)),
+        )

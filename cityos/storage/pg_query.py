@@ -8,7 +8,7 @@ into ``$1, $2...`` once the whole statement is assembled.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -25,6 +25,8 @@ _NUMBER_VALUE: Final = (
 )
 _TEXT_VALUE: Final = "(j.value #>> '{}') COLLATE \"C\""
 _IS_TEXT: Final = "jsonb_typeof(j.value)='string'"
+#: characters of a text value in the attr_index_text index (migration 0009)
+TEXT_PREFIX: Final = 200
 
 
 class PgDialect(attrindex.Dialect):
@@ -37,9 +39,42 @@ class PgDialect(attrindex.Dialect):
         "ELSE '[]'::json END) s(value)"
     )
     json_present = "a.j #> ?::text[] IS NOT NULL"
+    # OFFSET 0 keeps PostgreSQL from turning the EXISTS into a join it may start from: its
+    # estimate of a range on one attribute is poor (n's statistics mix every attribute)
+    per_row = " OFFSET 0"
+
+    def __init__(self, pids: Mapping[str, int] | None = None) -> None:
+        self._pids = pids
+        #: the paths asked for that pids did not hold
+        self.missing: set[str] = set()
+
+    def pid(self, path: str) -> tuple[str, list[Any]]:
+        # a known pid is a parameter the planner sees, not a subquery it cannot (estimates
+        # of how many rows match then use that attribute's own statistics)
+        if self._pids is None:
+            return super().pid(path)
+        pid = self._pids.get(path)
+        if pid is None:
+            self.missing.add(path)
+            return super().pid(path)
+        return "?::integer", [pid]
 
     def col(self, kind: int) -> str:
         return "a.n" if kind in (NUMBER, BOOLEAN) else "a.s"
+
+    def equal(self, kind: int, params: list[Any]) -> tuple[str, list[Any]]:
+        if kind in (NUMBER, BOOLEAN):
+            return super().equal(kind, params)
+        # text: by the index on (pid, t, left(s, 200)) (migration 0009); the first 200
+        # characters decide equality with a shorter value, a longer one is compared whole too
+        marks = ",".join("?" * len(params))
+        if all(len(p) < TEXT_PREFIX for p in params):
+            return f"a.t={kind} AND left(a.s, {TEXT_PREFIX}) IN ({marks})", params
+        prefixes = ",".join(f"left(?, {TEXT_PREFIX})" for _ in params)
+        return (
+            f"a.t={kind} AND left(a.s, {TEXT_PREFIX}) IN ({prefixes}) AND a.s IN ({marks})",
+            [*params, *params],
+        )
 
     def regex(self, subject: str) -> str:
         return f"{subject} ~ ?"
@@ -163,8 +198,11 @@ def compile_distance(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[A
 
 
 # -- the whole WHERE ---------------------------------------------------------------------------
-def where(tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
-    """Return the condition on ``e`` (with ``?`` placeholders) selecting a query's entities."""
+def where(tenant: str, query: EntityQuery, dialect: PgDialect = PG) -> tuple[str, list[Any]]:
+    """Return the condition on ``e`` (with ``?`` placeholders) selecting a query's entities.
+
+    dialect may know attribute pids (PgDialect(pids)); it records those it did not know.
+    """
     clauses = ["e.tenant=?"]
     params: list[Any] = [tenant]
     if query.ids:
@@ -183,11 +221,11 @@ def where(tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
         )
         params.append(sorted(query.attrs))
     if query.q is not None:
-        sql, p = attrindex.compile_q(query.q, query.expand, PG)
+        sql, p = attrindex.compile_q(query.q, query.expand, dialect)
         clauses.append(sql)
         params.extend(p)
     if query.scope_q is not None:
-        sql, p = attrindex.compile_scope_q(query.scope_q, PG)
+        sql, p = attrindex.compile_scope_q(query.scope_q, dialect)
         clauses.append(sql)
         params.extend(p)
     if query.geo is not None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,8 @@ from cityos.storage.pg_query import numbered
 CLOSE_TIMEOUT = 10.0
 #: a create that loses a race with another worker's create of the same id is retried
 _WRITE_ATTEMPTS = 3
+#: the changes of the write transaction under way in this task, for the listeners after commit
+_COMMITTING: ContextVar[list[Change] | None] = ContextVar("cityos_pg_committing", default=None)
 
 #: hook(conn, change), awaited in the change's transaction (see PostgresStorage.add_change_hook)
 PgChangeHook = Callable[[Conn, Change], Awaitable[None]]
@@ -66,6 +69,7 @@ class PostgresStorage(Storage):
         #: tenants known to be recorded in the database (the default tenant always exists)
         self._tenants: set[str] = {""}
         self._change_hooks: list[PgChangeHook] = []
+        self._listeners: list[Callable[[Change], None]] = []  # after commit
         self._rules: list[Rule] = []
 
     # -- connections ---------------------------------------------------------------------
@@ -85,7 +89,16 @@ class PostgresStorage(Storage):
 
     async def start(self) -> None:
         await pg_schema.upgrade(self.url)
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            # JIT compiles a query's expressions when its estimated cost is high, which
+            # takes longer (tens of ms) than the short queries of this engine ever run
+            server_settings={"jit": "off"},
+        )
+        async with self._pool.acquire() as conn:
+            await self._paths.learn(conn)
 
     async def close(self) -> None:
         """Close the pool; connections still held after CLOSE_TIMEOUT seconds are cut."""
@@ -124,8 +137,15 @@ class PostgresStorage(Storage):
             raise _unsupported_regex(exc) from exc
 
     async def _query(self, tenant: str, query: EntityQuery) -> QueryResult:
-        where, params = pg_query.where(tenant, query)
+        dialect = pg_query.PgDialect(self._paths.known())
+        where, params = pg_query.where(tenant, query, dialect)
         async with self._snapshot() as conn:
+            if dialect.missing:
+                # paths another worker added since: learn them, so their pids are parameters
+                await self._paths.learn(conn, dialect.missing)
+                where, params = pg_query.where(
+                    tenant, query, pg_query.PgDialect(self._paths.known())
+                )
             count: int | None = None
             if query.count:
                 count = await conn.fetchval(
@@ -133,16 +153,20 @@ class PostgresStorage(Storage):
                 )
             docs: list[Doc] = []
             if query.limit > 0:
-                order, order_params = "e.rid", list[Any]()
+                key, order, order_params = "NULL::float8", "e.rid", list[Any]()
                 geo = query.geo
                 if geo is not None and geo.georel == "near":
                     # nearest first, as map users expect
-                    dist, order_params = pg_query.compile_distance(geo, query.geoproperty or "")
-                    order = f"{dist}, e.rid"
+                    key, order_params = pg_query.compile_distance(geo, query.geoproperty or "")
+                    order = "k, e.rid"
+                # the page's rids first, from narrow index entries (migration 0009), then
+                # the documents of that page alone
                 sql = numbered(
-                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+                    f"SELECT d.doc FROM (SELECT e.rid, {key} AS k FROM entities e "
+                    f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?) p "
+                    "JOIN entities d ON d.rid = p.rid ORDER BY p.k, p.rid"
                 )
-                rows = await conn.fetch(sql, *params, *order_params, query.limit, query.offset)
+                rows = await conn.fetch(sql, *order_params, *params, query.limit, query.offset)
                 docs = [orjson.loads(r[0]) for r in rows]
         return QueryResult(docs, count)
 
@@ -203,27 +227,9 @@ class PostgresStorage(Storage):
         pending: dict[str, int],
     ) -> None:
         if rid is None or old is None:
-            rid = await conn.fetchval(
-                "INSERT INTO entities(tenant, id, doc, types, created_at, modified_at) "
-                "VALUES($1, $2, $3, $4, $5, $6) RETURNING rid",
-                tenant,
-                doc["id"],
-                _dumps(doc),
-                doc["type"],
-                doc["createdAt"],
-                doc["modifiedAt"],
-            )
-            assert rid is not None
-            await pg_index.insert(conn, rid, doc, self._paths, pending)
+            await pg_index.create(conn, tenant, doc, _dumps(doc), self._paths, pending)
             return
-        await conn.execute(
-            "UPDATE entities SET doc=$1, types=$2, modified_at=$3 WHERE rid=$4",
-            _dumps(doc),
-            doc["type"],
-            doc["modifiedAt"],
-            rid,
-        )
-        await pg_index.update(conn, rid, old, doc, self._paths, pending)
+        await pg_index.rewrite(conn, rid, old, doc, _dumps(doc), self._paths, pending)
 
     async def _mutate(
         self,
@@ -268,6 +274,25 @@ class PostgresStorage(Storage):
     async def _changed(self, conn: Conn, change: Change) -> None:
         for hook in self._change_hooks:
             await hook(conn, change)
+        committing = _COMMITTING.get()
+        if committing is not None and self._listeners:
+            committing.append(change)
+
+    def add_listener(self, listener: Callable[[Change], None]) -> None:
+        """Call listener(change) once the change's transaction has committed (never blocks).
+
+        For work that reads the database after a change (rebuilding snapshots): called inside
+        the transaction, it could read the state from before the change.
+        """
+        self._listeners.append(listener)
+
+    def _committed(self, changes: list[Change]) -> None:
+        for change in changes:
+            for listener in self._listeners:
+                try:
+                    listener(change)
+                except Exception:  # a listener's trouble is not the write's
+                    log.exception("a change listener failed")
 
     def add_rule(self, rule: Rule) -> None:
         """Run rule(old, new) on every entity write before it is stored (see base.Rule)."""
@@ -284,6 +309,8 @@ class PostgresStorage(Storage):
     async def _apply_one(self, conn: Conn, tenant: str, m: Mutation) -> Outcome:
         for attempt in range(_WRITE_ATTEMPTS):
             pending: dict[str, int] = {}
+            changes: list[Change] = []
+            token = _COMMITTING.set(changes)
             try:
                 async with conn.transaction():
                     outcome = await self._mutate(conn, tenant, m, pending)
@@ -292,7 +319,10 @@ class PostgresStorage(Storage):
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
                 continue
+            finally:
+                _COMMITTING.reset(token)
             self._paths.commit(pending)
+            self._committed(changes)
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -322,7 +352,17 @@ class PostgresStorage(Storage):
     async def _purge(self, tenant: str, query: EntityQuery) -> int:
         where, params = pg_query.where(tenant, query)
         # documents are read only when a hook wants to see what was deleted
-        doc = "e.doc" if self._change_hooks else "NULL"
+        doc = "e.doc" if self._change_hooks or self._listeners else "NULL"
+        changes: list[Change] = []
+        token = _COMMITTING.set(changes)
+        try:
+            count = await self._purge_in(tenant, where, params, doc)
+        finally:
+            _COMMITTING.reset(token)
+        self._committed(changes)
+        return count
+
+    async def _purge_in(self, tenant: str, where: str, params: list[Any], doc: str) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 numbered(
@@ -334,7 +374,7 @@ class PostgresStorage(Storage):
             await conn.execute(
                 "DELETE FROM entities WHERE rid = ANY($1::bigint[])", [r[0] for r in rows]
             )
-            if self._change_hooks:
+            if self._change_hooks or self._listeners:
                 now = clock.now()
                 for _rid, entity_id, text in rows:
                     change = Change(tenant, entity_id, orjson.loads(text), None, now)

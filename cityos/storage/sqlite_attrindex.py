@@ -253,10 +253,23 @@ class Dialect:
     scopes = "json_each(e.doc, '$.scope') s"
     #: the JSON path (a parameter) exists in index row ``a``
     json_present = "json_type(a.j, ?) IS NOT NULL"
+    #: ends a check made beside an equality lookup so that it stays a check of each row (the
+    #: lookup drives the query, whatever the planner estimates of the check)
+    per_row = ""
 
     def col(self, kind: int) -> str:
         """Return the index column holding values of a kind."""
         return "a.v"
+
+    def pid(self, path: str) -> tuple[str, list[Any]]:
+        """Return the expression of an attribute path's pid, and its parameters."""
+        return _PID, [path]
+
+    def equal(self, kind: int, params: list[Any]) -> tuple[str, list[Any]]:
+        """Return 'index row ``a`` holds a value of kind equal to one of params'."""
+        if len(params) > 1:
+            return f"a.t={kind} AND {self.col(kind)} IN ({','.join('?' * len(params))})", params
+        return f"a.t={kind} AND {self.col(kind)}=?", params
 
     def regex(self, subject: str) -> str:
         """Return 'subject matches the pattern parameter'."""
@@ -302,11 +315,19 @@ class _Compiler:
     def __init__(self, expand: Callable[[str], str], dialect: Dialect = SQLITE) -> None:
         self.expand = expand
         self.d = dialect
+        #: inside an AND that has a lookup to drive by: other checks are made per row
+        self.beside_lookup = False
 
     def expr(self, node: QExpr) -> Cond:
         if isinstance(node, And | Or):
             joiner = " AND " if isinstance(node, And) else " OR "
-            parts = [self.expr(x) for x in node.items]
+            saved = self.beside_lookup
+            if isinstance(node, And) and any(_is_lookup(x) for x in node.items):
+                self.beside_lookup = True
+            try:
+                parts = [self.expr(x) for x in node.items]
+            finally:
+                self.beside_lookup = saved
             return "(" + joiner.join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]
         if isinstance(node, Exists):
             sql, params = self.present(node.path)
@@ -338,11 +359,13 @@ class _Compiler:
         candidate row, which suits ranges and existence tests that match many entities.
         """
         where = f" AND {cond[0]}" if cond[0] else ""
-        params = [_path_iri(path, self.expand), *cond[1]]
+        pid, pid_params = self.d.pid(_path_iri(path, self.expand))
+        params = [*pid_params, *cond[1]]
         if lookup:
-            return f"e.rid IN (SELECT a.rid FROM attr_index a WHERE a.pid={_PID}{where})", params
+            return f"e.rid IN (SELECT a.rid FROM attr_index a WHERE a.pid={pid}{where})", params
         return (
-            f"EXISTS (SELECT 1 FROM attr_index a WHERE a.rid=e.rid AND a.pid={_PID}{where})",
+            f"EXISTS (SELECT 1 FROM attr_index a WHERE a.rid=e.rid AND a.pid={pid}{where}"
+            f"{self.d.per_row if self.beside_lookup else ''})",
             params,
         )
 
@@ -372,16 +395,14 @@ class _Compiler:
             for item in value.items:
                 kind, param = _literal(item)
                 by_kind.setdefault(kind, []).extend(self.variants(item, param, kind))
-            parts = [
-                f"(a.t={kind} AND {self.d.col(kind)} IN ({','.join('?' * len(ps))}))"
-                for kind, ps in by_kind.items()
-            ]
-            return "(" + " OR ".join(parts) + ")", [x for ps in by_kind.values() for x in ps]
+            parts = [self.d.equal(kind, ps) for kind, ps in by_kind.items()]
+            return (
+                "(" + " OR ".join(f"({sql})" for sql, _ in parts) + ")",
+                [x for _, ps in parts for x in ps],
+            )
         kind, param = _literal(value)
         if op == "=":
-            params = self.variants(value, param, kind)
-            if len(params) > 1:
-                return f"a.t={kind} AND {self.d.col(kind)} IN (?,?)", params
+            return self.d.equal(kind, self.variants(value, param, kind))
         return f"a.t={kind} AND {self.d.col(kind)}{op}?", [param]
 
     def variants(self, value: Scalar, param: Any, kind: int) -> list[Any]:
@@ -408,6 +429,13 @@ class _Compiler:
                 parts.append(f"({test} AND {subject}{op}?)")
                 params.append(param)
         return (parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"), params
+
+
+def _is_lookup(node: QExpr) -> bool:
+    """Tell whether a q term is an equality on an attribute's value (see _Compiler.exists)."""
+    if isinstance(node, And | Or | Exists | Match):
+        return False
+    return bool(node.op == "==" and not node.path.keys)
 
 
 def _json_path(keys: tuple[str, ...]) -> str:

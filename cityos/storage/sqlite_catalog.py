@@ -152,8 +152,7 @@ class TokenInfo:
 def _doc_field(name: str) -> str:
     # fields kept only in the CKAN dict, in the side table the narrow rows point at
     return (
-        f"(SELECT json_extract(x.doc, '$.{name}') FROM catalog_dataset_docs x "
-        "WHERE x.ds = d.rowid)"
+        f"(SELECT json_extract(x.doc, '$.{name}') FROM catalog_dataset_docs x WHERE x.ds = d.rowid)"
     )
 
 
@@ -299,7 +298,7 @@ class CatalogStore:
         ("catalog_dataset_doc", "catalog_dataset_docs", "ds", False),
         ("catalog_dataset_tag", "catalog_dataset_tags", "ds, tag", False),
         ("catalog_dataset_group", "catalog_dataset_groups", "ds, grp", False),
-        ("catalog_resource", "catalog_resources", "rowid", False),
+        ("catalog_resource", "catalog_resources", "ds, id", False),  # as PostgreSQL lists them
         ("catalog_search", "catalog_fts", "rowid", True),
         ("catalog_token", "catalog_tokens", "rowid", False),
     )

@@ -3,78 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from dump_helpers import cli, free_port, make_client, sensor
+from dump_helpers import PASSWORD, build, cli, dump_lines, files, make_client, observe, sections
 
 from cityos.auth.users import Accounts
 from cityos.storage.sqlite import SqliteStorage
 from cityos.storage.sqlite_auth import AuthStore
 from cityos.storage.sqlite_users import UserStore
-
-E = "/ngsi-ld/v1/entities"
-API = "/api/3/action/"
-PASSWORD = "a long enough passphrase 2026"
-CITY2 = {"NGSILD-Tenant": "city2"}
-
-
-def dump_lines(path: Path) -> list[bytes]:
-    """Return a dump's lines, the header without its creation time."""
-    with gzip.open(path, "rb") as f:
-        lines = f.read().splitlines()
-    header = orjson.loads(lines[0])
-    del header["created"]
-    return [orjson.dumps(header), *lines[1:]]
-
-
-def sections(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in dump_lines(path)[1:]:
-        section = orjson.loads(line)["section"]
-        counts[section] = counts.get(section, 0) + 1
-    return counts
-
-
-def observe(data_dir: Path) -> dict[str, Any]:
-    """Return what users see of an installation through its public APIs."""
-    with make_client(data_dir) as c:
-        seen: dict[str, Any] = {
-            "sensors": c.get(E, params={"type": "WaterLevelObserved", "limit": 1000}).json(),
-            "city2": c.get(E, params={"type": "WaterLevelObserved"}, headers=CITY2).json(),
-            "shelters": c.get(E, params={"type": "EvacuationShelter", "limit": 1000}).json(),
-            "history": c.get(
-                "/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:WaterLevelObserved:akiyama-1",
-                params={"attrs": "waterLevel"},
-            ).json(),
-            "packages": c.get(API + "package_list").json()["result"],
-            "organizations": c.get(API + "organization_list").json()["result"],
-            "search": c.get(API + "package_search", params={"q": "避難"}).json()["result"],
-        }
-        resources = [
-            r["id"]
-            for name in seen["packages"]
-            for r in c.get(API + "package_show", params={"id": name}).json()["result"]["resources"]
-        ]
-        seen["datastore"] = {
-            rid: [
-                c.get(API + "datastore_search", params={"resource_id": rid, **q}).json()
-                for q in ({}, {"q": "佐野"})
-            ]
-            for rid in resources
-        }
-        seen["live"] = c.get(API + "package_show", params={"id": "sano-river-levels"}).json()
-    return seen
-
-
-def files(root: Path) -> dict[str, bytes]:
-    base = root / "catalog" / "files"
-    return {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
 
 
 @dataclass
@@ -86,46 +26,6 @@ class Trip:
     key: str
     export_out: str
     import_out: str
-
-
-def build(src: Path) -> str:
-    """Make an installation with something in every section; return its API key."""
-    assert cli("demo", "--no-serve", "--data-dir", str(src)).exit_code == 0
-    made = cli(
-        "keys",
-        "create",
-        "--name",
-        "gateway",
-        "--role",
-        "app",
-        "--tenant",
-        "",
-        "--data-dir",
-        str(src),
-    )
-    assert made.exit_code == 0, made.output
-    key = re.search(r"cok_\S+", made.output)
-    assert key is not None
-    user = cli(
-        "users", "create", "hanako", "--role", "operator", "--password-stdin",
-        "--data-dir", str(src), stdin=PASSWORD + "\n",
-    )  # fmt: skip
-    assert user.exit_code == 0, user.output
-    with make_client(src) as c:
-        for n in (1, 2):
-            assert c.post(E, json=sensor(n)).status_code == 201
-        assert c.post(E, json=sensor(7, level=0.4), headers=CITY2).status_code == 201
-        # nobody listens there: the notification stays in the outbox
-        body = {
-            "type": "Subscription",
-            "entities": [{"type": "WaterLevelObserved"}],
-            "notification": {"endpoint": {"uri": f"http://127.0.0.1:{free_port()}/notify"}},
-        }
-        assert c.post("/ngsi-ld/v1/subscriptions", json=body).status_code == 201
-        patch = {"waterLevel": {"type": "Property", "value": 2.9}}
-        r = c.patch(E + "/urn:ngsi-ld:WaterLevelObserved:akiyama-1/attrs", json=patch)
-        assert r.status_code == 204, r.text
-    return key.group(0)
 
 
 @pytest.fixture(scope="module")

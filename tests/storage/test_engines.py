@@ -520,6 +520,39 @@ def test_change_hooks_run_inside_the_transaction(engine: Engine) -> None:
     ]
 
 
+def test_postgresql_change_listeners_run_after_the_commit_and_never_for_a_rollback(
+    pg_url: str,
+) -> None:
+    # what a listener starts (a snapshot rebuild) must read the changed data
+    order: list[str] = []
+
+    def hook(change: Change, _n: int) -> None:
+        order.append(f"hook {change.entity_id}")
+        if change.entity_id == "urn:x:9":
+            raise ValueError("hook refuses")
+
+    async def body() -> None:
+        st = PostgresStorage(pg_url)
+        await st.start()
+        try:
+            Engine("postgresql", lambda: st).add_hook(st, hook)
+            st.add_listener(lambda change: order.append(f"listener {change.entity_id}"))
+            outcomes = await st.apply("", [put(DOCS[0]), put(entity(9, ["Street"]))])
+            assert outcomes[1].error is not None
+            await st.purge("", EntityQuery(types=parse_type_selection(V + "WaterLevelObserved")))
+        finally:
+            await st.close()
+
+    asyncio.run(body())
+    assert order == [
+        "hook urn:x:1",
+        "listener urn:x:1",
+        "hook urn:x:9",  # rolled back: no listener
+        "hook urn:x:1",
+        "listener urn:x:1",
+    ]
+
+
 # -- PostgreSQL only: migrations and several workers -------------------------------------------
 def test_concurrent_upgrades_apply_each_migration_once(pg_url: str) -> None:
     async def body() -> tuple[list[list[int]], list[int], list[int]]:

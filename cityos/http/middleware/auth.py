@@ -102,9 +102,11 @@ def _invalid(found: Found) -> tuple[int, str, list[tuple[bytes, bytes]]]:
     # RFC 6750: an invalid bearer token says so in its challenge
     quoted = found.reason.replace("\\", "").replace('"', "'")
     challenge = f'Bearer realm="cityos", error="invalid_token", error_description="{quoted}"'
-    return 401, f"the token is not valid: {found.reason}", [
-        (b"www-authenticate", challenge.encode("utf-8", "replace"))
-    ]
+    return (
+        401,
+        f"the token is not valid: {found.reason}",
+        [(b"www-authenticate", challenge.encode("utf-8", "replace"))],
+    )
 
 
 def outcome_of(status: int, denied: bool) -> Outcome:
