@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ import orjson
 
 from cityos.broker import clock
 from cityos.broker.errors import BadRequestData, InternalError, NgsiError
+from cityos.broker.geo import GeoQuery
 from cityos.broker.model import Doc
 from cityos.storage import pg_index, pg_query, pg_schema
 from cityos.storage.base import (
@@ -35,6 +37,7 @@ from cityos.storage.base import (
 )
 from cityos.storage.pg_index import Conn
 from cityos.storage.pg_query import numbered
+from cityos.storage.sqlite import near_radii
 
 #: seconds a shutdown waits for connections still in use before cutting them
 CLOSE_TIMEOUT = 10.0
@@ -70,6 +73,8 @@ class PostgresStorage(Storage):
         self._tenants: set[str] = {""}
         self._change_hooks: list[PgChangeHook] = []
         self._listeners: list[Callable[[Change], None]] = []  # after commit
+        #: (tenant, geoproperty, page size) -> the fraction of maxDistance enough last time
+        self._near_hint: dict[tuple[str, str | None, int], float] = {}
         self._rules: list[Rule] = []
 
     # -- connections ---------------------------------------------------------------------
@@ -152,23 +157,52 @@ class PostgresStorage(Storage):
                     numbered(f"SELECT count(*) FROM entities e WHERE {where}"), *params
                 )
             docs: list[Doc] = []
-            if query.limit > 0:
-                key, order, order_params = "NULL::float8", "e.rid", list[Any]()
-                geo = query.geo
-                if geo is not None and geo.georel == "near":
-                    # nearest first, as map users expect
-                    key, order_params = pg_query.compile_distance(geo, query.geoproperty or "")
-                    order = "k, e.rid"
-                # the page's rids first, from narrow index entries (migration 0009), then
-                # the documents of that page alone
-                sql = numbered(
-                    f"SELECT d.doc FROM (SELECT e.rid, {key} AS k FROM entities e "
-                    f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?) p "
-                    "JOIN entities d ON d.rid = p.rid ORDER BY p.k, p.rid"
-                )
-                rows = await conn.fetch(sql, *order_params, *params, query.limit, query.offset)
-                docs = [orjson.loads(r[0]) for r in rows]
+            geo = query.geo
+            if query.limit > 0 and geo is not None and geo.georel == "near" and geo.max_distance:
+                docs = await self._near(conn, tenant, query, geo)
+            elif query.limit > 0:
+                docs = await self._page(conn, where, params, query, None)
         return QueryResult(docs, count)
+
+    async def _page(
+        self, conn: Conn, where: str, params: list[Any], query: EntityQuery, near: GeoQuery | None
+    ) -> list[Doc]:
+        key, order, order_params = "NULL::float8", "e.rid", list[Any]()
+        if near is not None:  # nearest first, as map users expect
+            key, order_params = pg_query.compile_distance(near, query.geoproperty or "")
+            order = "k, e.rid"
+        # the page's rids first, from narrow index entries (migration 0009), then the
+        # documents of that page alone
+        sql = numbered(
+            f"SELECT d.doc FROM (SELECT e.rid, {key} AS k FROM entities e "
+            f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?) p "
+            "JOIN entities d ON d.rid = p.rid ORDER BY p.k, p.rid"
+        )
+        rows = await conn.fetch(sql, *order_params, *params, query.limit, query.offset)
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def _near(self, conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery) -> list[Doc]:
+        """Nearest first within maxDistance, searching growing circles (as SQLite does).
+
+        Ordering every candidate within maxDistance by its spheroid distance is slow in dense
+        areas; once a circle holds offset+limit matches, nothing outside it can be nearer.
+        """
+        need = query.offset + query.limit
+        hint_key = (tenant, query.geoproperty, 1 << (need - 1).bit_length())
+        if len(self._near_hint) > 1024:
+            self._near_hint.clear()
+        max_d = geo.max_distance or 0.0
+        radii = near_radii(max_d, self._near_hint.get(hint_key, 1 / 16) * max_d)
+        docs: list[Doc] = []
+        for i, radius in enumerate(radii):
+            step = replace(query, geo=replace(geo, max_distance=radius), limit=need, offset=0)
+            where, params = pg_query.where(tenant, step, pg_query.PgDialect(self._paths.known()))
+            docs = await self._page(conn, where, params, step, step.geo)
+            if len(docs) >= need or radius == max_d:
+                # enough at once: try a smaller circle next time; else start here
+                self._near_hint[hint_key] = (radius or max_d) / max_d / (1.5 if i == 0 else 1.0)
+                break
+        return docs[query.offset :]
 
     async def types(self, tenant: str) -> list[TypeInfo]:
         async with self._snapshot() as conn:

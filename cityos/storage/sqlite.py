@@ -118,7 +118,7 @@ def check_schema(path: Path) -> None:
         conn.close()
 
 
-def _near_radii(max_distance: float | None, start: float) -> list[float | None]:
+def near_radii(max_distance: float | None, start: float) -> list[float | None]:
     """Return growing search radii (x3 from start) of a near query, ending with maxDistance."""
     if max_distance is None:
         return [None]
@@ -339,7 +339,7 @@ class SqliteStorage(Storage):
             self._near_hint.clear()
         fraction = self._near_hint.get(hint_key, 1 / 16)
         max_d = geo.max_distance
-        radii = _near_radii(max_d, fraction * max_d if max_d else 0.0)
+        radii = near_radii(max_d, fraction * max_d if max_d else 0.0)
         for i, radius in enumerate(radii):
             step = replace(query, geo=replace(geo, max_distance=radius)) if radius else query
             with geoindex.query_scope(step.geo) as step_handles:

@@ -383,6 +383,26 @@ def test_geo(
         assert sorted(found) == expected
 
 
+def test_near_pages_are_nearest_first_however_far_the_matches_are(engine: Engine) -> None:
+    # points 50 m to 1.9 km east of the reference: a page needs one growing circle or several
+    east = [50, 120, 400, 900, 1300, 1900, 2600]  # metres; the last is out of range
+    docs = [
+        entity(n, ["Gauge"], location=[geo("Point", [139.5 + m / 89_800, 36.3])])
+        for n, m in enumerate(east, start=1)
+    ]
+
+    async def body(st: Storage) -> list[list[int]]:
+        await st.apply("", [put(d) for d in docs])
+        near = parse_geoquery("near;maxDistance==2000", "Point", [139.5, 36.3])
+        pages = []
+        for limit, offset in ((2, 0), (2, 2), (3, 3), (1, 5), (20, 0)):
+            q = EntityQuery(geo=near, geoproperty=V + "location", limit=limit, offset=offset)
+            pages.append(ids((await st.query("", q)).docs))
+        return pages
+
+    assert engine.run(body) == [[1, 2], [3, 4], [4, 5, 6], [6], [1, 2, 3, 4, 5, 6]]
+
+
 def test_count_limit_offset_and_order(engine: Engine) -> None:
     async def body(st: Storage) -> list[tuple[list[int], int | None]]:
         await load(st)
