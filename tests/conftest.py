@@ -426,3 +426,51 @@ def pg_schema_url(database_url: str) -> str:
 def pg_url(pg_database: str) -> str:
     """Return the URL of an empty schema of the test run's PostgreSQL database."""
     return pg_schema_url(pg_database)
+
+
+class ServeProcess:
+    """One `cityos serve` process of an installation, in a process group of its own.
+
+    `kill()` sends SIGKILL to the group (the server and every granian worker: no graceful
+    stop); `stop()` sends SIGTERM and returns what it wrote on stderr. Ready when ready()
+    says so (by default: /-/health answers 200).
+    """
+
+    def __init__(self, data: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [CITYOS, "serve", "--port", str(self.port), "--data-dir", str(data), *args],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        wait_for(self._started, f"cityos serve on {self.port}", timeout=60)
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/-/health", timeout=1).status_code == 200
+
+    def _started(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"cityos serve exited: {self.proc.communicate()[1].decode()}")
+        try:
+            return self.ready()
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers: nothing more is written or acknowledged."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+
+    def stop(self) -> str:
+        """SIGTERM; return its stderr (SIGKILL after 60 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            _, err = self.proc.communicate()
+        return err.decode()

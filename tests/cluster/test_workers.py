@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import CITYOS, Receiver, free_port, pg_schema_url, wait_for
+from conftest import CITYOS, Receiver, ServeProcess, pg_schema_url, wait_for
 
 REDIS = ("127.0.0.1", 6379)
 BUS_URL = os.environ.get("CITYOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -44,45 +44,6 @@ def require_redis() -> None:
         pytest.skip(reason)
 
 
-class Worker:
-    """One `cityos serve` process of the installation."""
-
-    def __init__(self, data: Path, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [CITYOS, "serve", "--port", str(self.port), "--data-dir", str(data), *args],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # SIGKILL reaches granian's workers too
-        )
-        wait_for(self._healthy, f"cityos serve on {self.port}", timeout=60)
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"cityos serve exited: {self.proc.communicate()[1].decode()}")
-        try:
-            return httpx.get(f"{self.url}/-/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers: no graceful stop, no lease handed back."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            _, err = self.proc.communicate()
-        return err.decode()
-
-
 @pytest.fixture
 def installation(pg_database: str, tmp_path: Path) -> dict[str, str]:
     """The environment of one installation: a fresh schema, a bus namespace of its own."""
@@ -97,11 +58,13 @@ def installation(pg_database: str, tmp_path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def workers(tmp_path: Path, env: dict[str, str], n: int, *args: str) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
+def workers(
+    tmp_path: Path, env: dict[str, str], n: int, *args: str
+) -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
     try:
         for i in range(n):
-            started.append(Worker(tmp_path / f"host{i}", env, *args))
+            started.append(ServeProcess(tmp_path / f"host{i}", env, *args))
         yield started
     finally:
         for worker in started:

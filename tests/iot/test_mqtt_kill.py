@@ -10,9 +10,7 @@ appear.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -25,10 +23,9 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import (
-    CITYOS,
     MQTT_HOST,
     MQTT_PORT,
-    free_port,
+    ServeProcess,
     pg_schema_url,
     require_mosquitto,
     wait_for,
@@ -48,28 +45,14 @@ RATE = 200.0
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-class Server:
-    """One `cityos serve` process (one worker) of the installation."""
+class Server(ServeProcess):
+    """One `cityos serve` process (one worker) of the installation, ready once subscribed."""
 
     def __init__(self, data: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [CITYOS, "serve", "--port", str(self.port), "--data-dir", str(data)],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # SIGKILL reaches granian's worker too
-        )
-        wait_for(self._subscribed, f"cityos serve on {self.port} subscribed", timeout=60)
+        super().__init__(data, env)
 
-    def _subscribed(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"cityos serve exited: {self.proc.communicate()[1].decode()}")
-        try:
-            about = httpx.get(f"{self.url}/iot/about", timeout=1)
-        except httpx.TransportError:
-            return False
+    def ready(self) -> bool:
+        about = httpx.get(f"{self.url}/iot/about", timeout=1)
         return about.status_code == 200 and bool(about.json()["mqtt"]["connected"])
 
     def counts(self) -> dict[str, int]:
@@ -78,21 +61,6 @@ class Server:
 
     def accepted(self) -> int:
         return int(self.counts().get("accepted", 0))
-
-    def kill(self) -> None:
-        """SIGKILL the server and its worker: nothing written or acknowledged any more."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate(timeout=30)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            _, err = self.proc.communicate()
-        return err.decode()
 
 
 def stamp(n: int) -> datetime:
