@@ -54,9 +54,13 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
-def one_round(args: argparse.Namespace, engine: str) -> dict[str, Result]:
-    """Start a server on the engine, load it, run the scenarios; return their results."""
+def one_round(
+    args: argparse.Namespace, engine: str, env: dict[str, str] | None = None
+) -> dict[str, Result]:
+    """Start a server on the engine (with env added to its environment), load it, run the
+    scenarios; return their results."""
     saved = dict(os.environ)
+    os.environ.update(env or {})
     os.environ["CITYOS_AUTH"] = "off"
     os.environ["BENCH_ENTITIES"] = str(args.entities)
     os.environ.pop("BENCH_KEY", None)

@@ -12,77 +12,30 @@ Usage: .venv/bin/python bench/workers.py [--entities 20000] [--duration 10] [--r
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import random
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from engines import WANTED, _admin  # noqa: E402
-from run import (  # noqa: E402
-    Result,
-    free_port,
-    git_revision,
-    load,
-    log_tail,
-    machine,
-    run_wrk,
-    start_server,
-    stop_server,
-    write_section,
-)
+import engines  # noqa: E402
+from engines import WANTED  # noqa: E402
+from run import Result, git_revision, machine, write_section  # noqa: E402
 
 BEGIN, END = "<!-- workers: begin -->", "<!-- workers: end -->"
 COUNTS = (1, 2)
 
 
 def one_round(args: argparse.Namespace, workers: int) -> dict[str, Result]:
-    """Start `workers` workers on a fresh database, load it, run the scenarios."""
-    saved = dict(os.environ)
-    name = f"cityos_bench_{secrets.token_hex(4)}"
-    base, _, _ = args.postgres.rpartition("/")
-    asyncio.run(_admin(args.postgres, f"CREATE DATABASE {name}"))
-    os.environ.update(
-        {
-            "CITYOS_AUTH": "off",
-            "BENCH_ENTITIES": str(args.entities),
-            "CITYOS_DATABASE_URL": f"{base}/{name}",
-            "CITYOS_BUS_URL": args.bus,
-            "CITYOS_BUS_NAMESPACE": f"bench{secrets.token_hex(4)}",
-            "CITYOS_WORKERS": str(workers),
-        }
-    )
-    os.environ.pop("BENCH_KEY", None)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    out: dict[str, Result] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="cityos-bench-workers-") as tmp:
-            data, log = Path(tmp) / "data", Path(tmp) / "server.log"
-            proc = start_server(data, port, log)
-            try:
-                with httpx.Client(base_url=url, timeout=300) as client:
-                    load(client, args.entities, random.Random(42))
-                for s in WANTED:
-                    out[s.key] = run_wrk(s, url, args)
-            finally:
-                problem = stop_server(proc)
-                if problem:
-                    print(f"{problem}:\n{log_tail(log)}", file=sys.stderr)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        asyncio.run(_admin(args.postgres, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        asyncio.run(_admin(args.postgres, f'DROP ROLE IF EXISTS "{name}_datastore_reader"'))
-    return out
+    """Start `workers` workers on a fresh database with the bus, load it, run the scenarios."""
+    env = {
+        "CITYOS_BUS_URL": args.bus,
+        "CITYOS_BUS_NAMESPACE": f"bench{secrets.token_hex(4)}",
+        "CITYOS_WORKERS": str(workers),
+    }
+    return engines.one_round(args, "postgresql", env)
 
 
 def main() -> int:
