@@ -30,6 +30,8 @@ __all__ = [
 DEFAULT_ENTITY_TYPE: Final = "Thing"
 _SERVICE = re.compile(r"[A-Za-z0-9_]{1,50}")
 _SERVICE_PATH = re.compile(r"/[A-Za-z0-9_/]{0,50}")
+#: no identifier or name may hold a control character (NUL cannot even be stored in PostgreSQL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Attribute options that change values in ways cityos does not implement: refused, not ignored.
 _UNSUPPORTED_ATTR_KEYS: Final = ("expression", "entity_name", "entity_type", "skipValue")
 
@@ -119,6 +121,8 @@ def parse_group(doc: Any) -> Group:
         raise bad_request(
             f"group resource: must be a path starting with '/' or \"\" (MQTT), got {resource!r}"
         )
+    if _CONTROL.search(resource):
+        raise bad_request("group: resource must not contain control characters")
     entity_type = _string(doc, "entity_type", "group") or _string(doc, "type", "group")
     autoprovision = _flag(doc, "autoprovision", "group")
     return Group(
@@ -217,6 +221,8 @@ def _string(doc: Mapping[str, Any], key: str, where: str) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise bad_request(f"{where}: {key} must be a non-empty string")
+    if _CONTROL.search(value):
+        raise bad_request(f"{where}: {key} must not contain control characters")
     return value
 
 

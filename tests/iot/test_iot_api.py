@@ -142,6 +142,23 @@ def test_invalid_provisioning_is_a_bad_request(client: TestClient) -> None:
     assert client.get("/iot/groups", headers=OPENIOT).json()["count"] == 0
 
 
+def test_control_characters_in_identifiers_are_a_bad_request(client: TestClient) -> None:
+    # a NUL cannot even be stored by PostgreSQL: said plainly, on both engines, with nothing kept
+    cases = [
+        ("/iot/groups", {"groups": [{"apikey": "k\x00", "resource": "/iot/json"}]}, "apikey"),
+        ("/iot/groups", {"groups": [{"apikey": "k", "resource": "/iot/\x00"}]}, "resource"),
+        ("/iot/devices", {"devices": [{"device_id": "d\x00"}]}, "device_id"),
+        ("/iot/devices", {"devices": [{"device_id": "d", "entity_name": "e\n1"}]}, "entity_name"),
+    ]
+    for path, body, field in cases:
+        r = client.post(path, json=body, headers=OPENIOT)
+        assert r.status_code == 400, body
+        assert r.json()["name"] == "BAD_REQUEST"
+        assert f"{field} must not contain control characters" in r.json()["message"]
+    assert client.get("/iot/groups", headers=OPENIOT).json()["count"] == 0
+    assert client.get("/iot/devices", headers=OPENIOT).json()["count"] == 0
+
+
 def test_unknown_device_is_not_found(client: TestClient) -> None:
     for method in ("GET", "PUT", "DELETE"):
         r = client.request(method, "/iot/devices/nope", json={}, headers=OPENIOT)
