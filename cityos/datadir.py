@@ -11,6 +11,7 @@ from typing import Final, TypeVar
 
 import click
 
+from cityos.bus.events import Event
 from cityos.settings import Settings
 from cityos.storage.base import Storage
 
@@ -89,3 +90,19 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no login name (a container without a passwd entry)
         return "cli"
+
+
+def tell_running_workers(data_dir: Path | None, event: Event) -> None:
+    """After a revocation by a command: tell the installation's running workers at once over
+    its bus, or say how long they may still accept the key or token they cached."""
+    from cityos.auth.context import CACHE_TTL
+    from cityos.cli import _settings
+    from cityos.cluster.node import tell_workers
+
+    settings = _settings(data_dir=data_dir)
+    if not asyncio.run(tell_workers(settings.bus_url, settings.bus_namespace, event)):
+        click.echo(
+            f"running servers stop accepting it within {CACHE_TTL:.0f} s "
+            "(at once when CITYOS_BUS_URL names their bus)",
+            err=True,
+        )

@@ -240,16 +240,15 @@ def _seconds(env: dict[str, str], name: str, default: int) -> int:
 
 
 def _bus_url(env: dict[str, str]) -> str | None:
-    from cityos.bus.base import redact
+    from cityos.bus.url import check_bus_url
 
     raw = env.get("CITYOS_BUS_URL", "").strip()
     if not raw:
         return None
-    if urlsplit(raw).scheme.lower() not in ("redis", "rediss", "nats"):
-        raise SettingsError(
-            f"CITYOS_BUS_URL: unsupported bus {redact(raw)!r}; use redis://host:6379/0, "
-            "rediss://host:6380/0 or nats://host:4222 (leave it unset for a single worker)"
-        )
+    try:
+        check_bus_url(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     return raw
 
 

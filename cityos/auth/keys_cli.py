@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -13,12 +12,11 @@ import click
 
 from cityos.auth import keys
 from cityos.auth.audit import Entry
-from cityos.auth.context import CACHE_TTL, KEYS_CACHE
+from cityos.auth.context import KEYS_CACHE
 from cityos.auth.keys import Credential, KeyInputError
 from cityos.auth.policy import ROLES
 from cityos.bus import CacheDrop
-from cityos.cluster.node import tell_workers
-from cityos.datadir import DATA_DIR, cli_actor, with_storage
+from cityos.datadir import DATA_DIR, cli_actor, tell_running_workers, with_storage
 from cityos.storage import engines
 from cityos.storage.base import Storage
 from cityos.storage.engines import Keys
@@ -180,15 +178,4 @@ def revoke(prefix: str, data_dir: Path | None) -> None:
     assert found.revoked is not None
     already = "was already revoked" if found.revoked < before else "revoked"
     click.echo(f"{already}: {_line(found, time.time())}")
-    from cityos.cli import _settings
-
-    settings = _settings(data_dir=data_dir)
-    told = asyncio.run(
-        tell_workers(settings.bus_url, settings.bus_namespace, CacheDrop(KEYS_CACHE, prefix))
-    )
-    if not told:  # servers trust a key they looked up for up to CACHE_TTL seconds
-        click.echo(
-            f"running servers stop accepting it within {CACHE_TTL:.0f} s "
-            "(at once when CITYOS_BUS_URL names their bus)",
-            err=True,
-        )
+    tell_running_workers(data_dir, CacheDrop(KEYS_CACHE, prefix))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
-from cityos.auth.context import CACHE_TTL, TOKENS_CACHE
+from cityos.auth.context import TOKENS_CACHE
 from cityos.bus import CacheDrop
-from cityos.cluster.node import tell_workers
-from cityos.datadir import DATA_DIR, with_storage
+from cityos.datadir import DATA_DIR, tell_running_workers, with_storage
 from cityos.storage import engines
 from cityos.storage.base import Storage
 from cityos.storage.engines import CatalogMeta
@@ -80,13 +78,4 @@ def revoke(prefix: str, data_dir: Path | None) -> None:
             f"{len(found)} tokens start with {prefix}; give more characters (nothing revoked)"
         )
     click.echo(f"revoked {_line(found[0])}")
-    from cityos.cli import _settings
-
-    settings = _settings(data_dir=data_dir)
-    event = CacheDrop(TOKENS_CACHE)
-    if not asyncio.run(tell_workers(settings.bus_url, settings.bus_namespace, event)):
-        click.echo(
-            f"running servers stop accepting it within {CACHE_TTL:.0f} s "
-            "(at once when CITYOS_BUS_URL names their bus)",
-            err=True,
-        )
+    tell_running_workers(data_dir, CacheDrop(TOKENS_CACHE))
