@@ -90,9 +90,9 @@ class Cluster:
         async for payload in sub:
             event = None if topic == RECONNECTED else decode_event(payload)
             if event is None and topic != RECONNECTED:
-                continue
+                continue  # malformed: decode_event has logged why
             for event_type, handler in handlers:
-                if event is not None and not isinstance(event, event_type):
+                if not isinstance(event, event_type):  # reconnect handlers take None
                     continue
                 try:
                     result = handler(event)
