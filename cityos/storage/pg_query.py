@@ -25,7 +25,7 @@ _NUMBER_VALUE: Final = (
 )
 _TEXT_VALUE: Final = "(j.value #>> '{}') COLLATE \"C\""
 _IS_TEXT: Final = "jsonb_typeof(j.value)='string'"
-#: characters of a text value in the attr_index_text index (migration 0009)
+#: text values shorter than this are indexed whole, longer ones by this prefix (migration 0010)
 TEXT_PREFIX: Final = 200
 
 
@@ -43,8 +43,9 @@ class PgDialect(attrindex.Dialect):
     # estimate of a range on one attribute is poor (n's statistics mix every attribute)
     per_row = " OFFSET 0"
 
-    def __init__(self, pids: Mapping[str, int] | None = None) -> None:
+    def __init__(self, pids: Mapping[str, int] | None = None, *, walk: bool = False) -> None:
         self._pids = pids
+        self.walk = walk
         #: the paths asked for that pids did not hold
         self.missing: set[str] = set()
 
@@ -65,16 +66,24 @@ class PgDialect(attrindex.Dialect):
     def equal(self, kind: int, params: list[Any]) -> tuple[str, list[Any]]:
         if kind in (NUMBER, BOOLEAN):
             return super().equal(kind, params)
-        # text: by the index on (pid, t, left(s, 200)) (migration 0009); the first 200
-        # characters decide equality with a shorter value, a longer one is compared whole too
-        marks = ",".join("?" * len(params))
-        if all(len(p) < TEXT_PREFIX for p in params):
-            return f"a.t={kind} AND left(a.s, {TEXT_PREFIX}) IN ({marks})", params
-        prefixes = ",".join(f"left(?, {TEXT_PREFIX})" for _ in params)
-        return (
-            f"a.t={kind} AND left(a.s, {TEXT_PREFIX}) IN ({prefixes}) AND a.s IN ({marks})",
-            [*params, *params],
-        )
+        # text (migration 0010): a value under 200 characters by the index holding it whole;
+        # a longer one by its first 200 characters, then compared whole
+        short = [p for p in params if len(p) < TEXT_PREFIX]
+        long = [p for p in params if len(p) >= TEXT_PREFIX]
+        parts: list[str] = []
+        values: list[Any] = []
+        if short:
+            parts.append(f"length(a.s) < {TEXT_PREFIX} AND a.s IN ({','.join('?' * len(short))})")
+            values += short
+        if long:
+            prefixes = ",".join(f"left(?, {TEXT_PREFIX})" for _ in long)
+            parts.append(
+                f"length(a.s) >= {TEXT_PREFIX} AND left(a.s, {TEXT_PREFIX}) IN ({prefixes}) "
+                f"AND a.s IN ({','.join('?' * len(long))})"
+            )
+            values += [*long, *long]
+        cond = parts[0] if len(parts) == 1 else "(" + " OR ".join(f"({x})" for x in parts) + ")"
+        return f"a.t={kind} AND {cond}", values
 
     def regex(self, subject: str) -> str:
         return f"{subject} ~ ?"
@@ -138,7 +147,8 @@ def compile_type_selection(expr: TypeExpr, expand: Callable[[str], str]) -> tupl
 
 
 # -- geo ---------------------------------------------------------------------------------------
-_REF: Final = "ST_SetSRID(ST_GeomFromGeoJSON(?::text), 4326)"
+#: the reference geometry of a geo-query (its GeoJSON a parameter)
+REF: Final = "ST_SetSRID(ST_GeomFromGeoJSON(?::text), 4326)"
 #: georel -> PostGIS test of the reference (first) and the stored geometry, as GeoQuery.matches
 _RELATE: Final = {
     "within": "ST_Contains",
@@ -158,7 +168,7 @@ def compile_geo(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
     """Return a condition on ``e``: some geometry of the geoproperty satisfies the query."""
     ref = _reference(query)
     if query.georel == "near":
-        geog = f"{_REF}::geography"
+        geog = f"{REF}::geography"
         tests: list[str] = []
         params: list[Any] = [geoproperty_iri]
         if query.max_distance is not None:
@@ -179,11 +189,11 @@ def compile_geo(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
     if query.georel == "disjoint":
         return (
             f"EXISTS (SELECT 1 FROM geo_index g WHERE g.rid=e.rid AND g.attr=? "
-            f"AND {fn}({_REF}, g.geom))",
+            f"AND {fn}({REF}, g.geom))",
             [geoproperty_iri, ref],
         )
     return (
-        f"e.rid IN (SELECT g.rid FROM geo_index g WHERE g.attr=? AND {fn}({_REF}, g.geom))",
+        f"e.rid IN (SELECT g.rid FROM geo_index g WHERE g.attr=? AND {fn}({REF}, g.geom))",
         [geoproperty_iri, ref],
     )
 
@@ -191,7 +201,7 @@ def compile_geo(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
 def compile_distance(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
     """Return an entity's distance in meters to a near query's reference, for ORDER BY."""
     return (
-        f"(SELECT min(ST_Distance(g.geom::geography, {_REF}::geography)) FROM geo_index g "
+        f"(SELECT min(ST_Distance(g.geom::geography, {REF}::geography)) FROM geo_index g "
         "WHERE g.rid=e.rid AND g.attr=?)",
         [_reference(query), geoproperty_iri],
     )

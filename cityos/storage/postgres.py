@@ -22,7 +22,7 @@ from cityos.broker import clock
 from cityos.broker.errors import BadRequestData, InternalError, NgsiError
 from cityos.broker.geo import GeoQuery
 from cityos.broker.model import Doc
-from cityos.storage import pg_index, pg_query, pg_schema
+from cityos.storage import pg_index, pg_query, pg_schema, pg_walk
 from cityos.storage.base import (
     MAX_RULE_DEPTH,
     AttributeInfo,
@@ -37,7 +37,6 @@ from cityos.storage.base import (
 )
 from cityos.storage.pg_index import Conn
 from cityos.storage.pg_query import numbered
-from cityos.storage.sqlite import near_radii
 
 #: seconds a shutdown waits for connections still in use before cutting them
 CLOSE_TIMEOUT = 10.0
@@ -45,6 +44,9 @@ CLOSE_TIMEOUT = 10.0
 _WRITE_ATTEMPTS = 3
 #: the changes of the write transaction under way in this task, for the listeners after commit
 _COMMITTING: ContextVar[list[Change] | None] = ContextVar("cityos_pg_committing", default=None)
+
+#: statements planned for their parameters each time, to the end of the transaction
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 #: hook(conn, change), awaited in the change's transaction (see PostgresStorage.add_change_hook)
 PgChangeHook = Callable[[Conn, Change], Awaitable[None]]
@@ -73,8 +75,6 @@ class PostgresStorage(Storage):
         self._tenants: set[str] = {""}
         self._change_hooks: list[PgChangeHook] = []
         self._listeners: list[Callable[[Change], None]] = []  # after commit
-        #: (tenant, geoproperty, page size) -> the fraction of maxDistance enough last time
-        self._near_hint: dict[tuple[str, str | None, int], float] = {}
         self._rules: list[Rule] = []
 
     # -- connections ---------------------------------------------------------------------
@@ -86,11 +86,21 @@ class PostgresStorage(Storage):
         return self._pool
 
     @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[Conn]:
-        """Lend a connection in a read-only transaction: its reads all see one snapshot."""
-        async with self.pool.acquire() as conn:  # noqa: SIM117 (the transaction needs conn)
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                yield conn
+    async def _snapshot(self, *, custom_plans: bool = True) -> AsyncIterator[Conn]:
+        """Lend a connection in a read-only transaction: its reads all see one snapshot.
+
+        With custom_plans its statements are planned for their parameters each time: a plan
+        made once for any parameters (PostgreSQL's choice after five runs of a prepared
+        statement) cannot know how many entities a type, a value or a polygon selects, and
+        was seen to take seconds where a plan for the values takes milliseconds
+        (bench/million.py). The walks of pg_walk have one good plan, kept.
+        """
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"{begin}; {_CUSTOM_PLANS}" if custom_plans else begin)
+            # released, the connection is reset, which rolls the transaction back (asyncpg's
+            # Connection.reset): nothing was written, and it saves a round trip
+            yield conn
 
     async def start(self) -> None:
         await pg_schema.upgrade(self.url)
@@ -144,7 +154,10 @@ class PostgresStorage(Storage):
     async def _query(self, tenant: str, query: EntityQuery) -> QueryResult:
         dialect = pg_query.PgDialect(self._paths.known())
         where, params = pg_query.where(tenant, query, dialect)
-        async with self._snapshot() as conn:
+        geo = query.geo
+        near = geo is not None and geo.georel == "near" and bool(geo.max_distance)
+        walks = query.limit > 0 and not near and pg_walk.walkable(query)
+        async with self._snapshot(custom_plans=query.count or not walks) as conn:
             if dialect.missing:
                 # paths another worker added since: learn them, so their pids are parameters
                 await self._paths.learn(conn, dialect.missing)
@@ -156,13 +169,32 @@ class PostgresStorage(Storage):
                 count = await conn.fetchval(
                     numbered(f"SELECT count(*) FROM entities e WHERE {where}"), *params
                 )
-            docs: list[Doc] = []
-            geo = query.geo
-            if query.limit > 0 and geo is not None and geo.georel == "near" and geo.max_distance:
+            docs: list[Doc] | None = []
+            if query.limit == 0:
+                pass
+            elif near:
+                assert geo is not None
                 docs = await self._near(conn, tenant, query, geo)
-            elif query.limit > 0:
-                docs = await self._page(conn, where, params, query, None)
-        return QueryResult(docs, count)
+            else:
+                docs = await self._walk(conn, tenant, query) if walks else None
+                if docs is None:
+                    if walks and not query.count:  # the walk handed the query over
+                        await conn.execute(_CUSTOM_PLANS)
+                    docs = await self._page(conn, where, params, query, None)
+        return QueryResult(docs or [], count)
+
+    async def _walk(self, conn: Conn, tenant: str, query: EntityQuery) -> list[Doc] | None:
+        """Return a query's page walked by a value or a type (pg_walk), or None (the planner)."""
+        walker = pg_query.PgDialect(self._paths.known(), walk=True)
+        found = pg_walk.lookup(query)
+        if found is not None:
+            docs = await pg_walk.value_page(conn, tenant, query, found, walker)
+            if docs is not None:
+                return docs
+        walk_type = pg_walk.walk_type(query)
+        if walk_type is None:
+            return None
+        return await pg_walk.page(conn, tenant, query, walk_type, walker)
 
     async def _page(
         self, conn: Conn, where: str, params: list[Any], query: EntityQuery, near: GeoQuery | None
@@ -182,26 +214,17 @@ class PostgresStorage(Storage):
         return [orjson.loads(r[0]) for r in rows]
 
     async def _near(self, conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery) -> list[Doc]:
-        """Nearest first within maxDistance, searching growing circles (as SQLite does).
+        """Nearest first within maxDistance: the page from the circle holding the nearest.
 
         Ordering every candidate within maxDistance by its spheroid distance is slow in dense
-        areas; once a circle holds offset+limit matches, nothing outside it can be nearer.
+        areas; pg_walk.near_radius finds a circle holding offset+limit matches first.
         """
         need = query.offset + query.limit
-        hint_key = (tenant, query.geoproperty, 1 << (need - 1).bit_length())
-        if len(self._near_hint) > 1024:
-            self._near_hint.clear()
-        max_d = geo.max_distance or 0.0
-        radii = near_radii(max_d, self._near_hint.get(hint_key, 1 / 16) * max_d)
-        docs: list[Doc] = []
-        for i, radius in enumerate(radii):
-            step = replace(query, geo=replace(geo, max_distance=radius), limit=need, offset=0)
-            where, params = pg_query.where(tenant, step, pg_query.PgDialect(self._paths.known()))
-            docs = await self._page(conn, where, params, step, step.geo)
-            if len(docs) >= need or radius == max_d:
-                # enough at once: try a smaller circle next time; else start here
-                self._near_hint[hint_key] = (radius or max_d) / max_d / (1.5 if i == 0 else 1.0)
-                break
+        walker = pg_query.PgDialect(self._paths.known(), walk=True)
+        radius = await pg_walk.near_radius(conn, tenant, query, geo, walker)
+        step = replace(query, geo=replace(geo, max_distance=radius), limit=need, offset=0)
+        where, params = pg_query.where(tenant, step, pg_query.PgDialect(self._paths.known()))
+        docs = await self._page(conn, where, params, step, step.geo)
         return docs[query.offset :]
 
     async def types(self, tenant: str) -> list[TypeInfo]:

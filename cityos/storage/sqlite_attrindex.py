@@ -35,6 +35,7 @@ from cityos.broker.model import CORE_MEMBERS, VALUE_MEMBER, Doc, Instance
 from cityos.broker.qlang import (
     And,
     AttrPath,
+    Compare,
     Date,
     DateTime,
     Exists,
@@ -256,6 +257,9 @@ class Dialect:
     #: ends a check made beside an equality lookup so that it stays a check of each row (the
     #: lookup drives the query, whatever the planner estimates of the check)
     per_row = ""
+    #: every condition is a check of each candidate row, none drives the query (set when
+    #: the candidates come in order from elsewhere: a walk of a type's entities)
+    walk = False
 
     def col(self, kind: int) -> str:
         """Return the index column holding values of a kind."""
@@ -361,11 +365,12 @@ class _Compiler:
         where = f" AND {cond[0]}" if cond[0] else ""
         pid, pid_params = self.d.pid(_path_iri(path, self.expand))
         params = [*pid_params, *cond[1]]
-        if lookup:
+        if lookup and not self.d.walk:
             return f"e.rid IN (SELECT a.rid FROM attr_index a WHERE a.pid={pid}{where})", params
+        per_row = self.beside_lookup or self.d.walk
         return (
             f"EXISTS (SELECT 1 FROM attr_index a WHERE a.rid=e.rid AND a.pid={pid}{where}"
-            f"{self.d.per_row if self.beside_lookup else ''})",
+            f"{self.d.per_row if per_row else ''})",
             params,
         )
 
@@ -436,6 +441,27 @@ def _is_lookup(node: QExpr) -> bool:
     if isinstance(node, And | Or | Exists | Match):
         return False
     return bool(node.op == "==" and not node.path.keys)
+
+
+def text_lookup(node: QExpr, expand: Callable[[str], str]) -> tuple[str, list[str]] | None:
+    """Return (attribute path IRI, the strings it may equal) of a text equality q term.
+
+    The strings are those the index compares (a term and its expansion); None when the term
+    is anything else (a number, a range, a path into a JSON value, another operator).
+    """
+    if not isinstance(node, Compare) or node.op != "==" or node.path.keys:
+        return None
+    if isinstance(node.value, Range):
+        return None
+    items = node.value.items if isinstance(node.value, ValueList) else (node.value,)
+    values: list[str] = []
+    compiler = _Compiler(expand)
+    for item in items:
+        kind, param = _literal(item)
+        if kind != STRING:
+            return None
+        values.extend(compiler.variants(item, param, kind))
+    return _path_iri(node.path, expand), values
 
 
 def _json_path(keys: tuple[str, ...]) -> str:

@@ -1,0 +1,223 @@
+"""Query plans PostgreSQL cannot choose well on its own: a page by walking a type, and the
+circle of a near query found from its nearest matches.
+
+PostgreSQL estimates each condition as if independent of the others, and one table holds the
+values of every attribute, so it often drives a query from all the entities matching an
+attribute value (180,000 buildings are "residential") and sorts them for a page of 20, or
+walks every entity in creation order skipping other types. For a query by one type, walking
+that type's entities in creation order (migration 0010) and checking each candidate in the
+index fills a page of 20 after a few dozen candidates whenever its matches are not rare. A
+walk is bounded: when it has not filled the page after ``WALK_BUDGET`` candidates, the
+matches are rare and the planner's plan from the values is the better one.
+
+A query with a text equality (``category=="hospital"``, with or without a type) walks the
+entities holding that value instead, in creation order from the index of values (migration
+0010), whether the value is common or rare; the walk by type is for queries without one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Final
+
+import orjson
+
+from cityos.broker.geo import GeoQuery, geometry_bbox, meters_per_degree
+from cityos.broker.model import Doc
+from cityos.broker.qlang import And
+from cityos.broker.typesel import TypeName
+from cityos.storage import pg_query
+from cityos.storage import sqlite_attrindex as attrindex
+from cityos.storage.base import EntityQuery
+from cityos.storage.pg_index import Conn
+from cityos.storage.pg_query import numbered
+
+#: candidates a walk checks before handing the query to the planner: this many, or
+#: BUDGET_PER_ROW for each row of offset+limit if more
+WALK_BUDGET: Final = 4096
+BUDGET_PER_ROW: Final = 4
+
+#: some entity with several types has this type other than first (a walk by type1 misses it)
+_OTHER_TYPE: Final = (
+    "EXISTS (SELECT 1 FROM entities m WHERE m.tenant=? AND cardinality(m.types) > 1 "
+    "AND m.types && ?::text[] AND m.type1 <> ?)"
+)
+
+
+def _budget(need: int) -> int:
+    """Return how many candidates a walk for offset+limit rows checks (an int in the SQL:
+    limits written out let the plan PostgreSQL keeps for a statement suit them)."""
+    return int(max(WALK_BUDGET, BUDGET_PER_ROW * need))
+
+
+def walkable(query: EntityQuery) -> bool:
+    """Tell whether a query may be walked (by a value or a type) before the planner."""
+    return lookup(query) is not None or walk_type(query) is not None
+
+
+def walk_type(query: EntityQuery) -> str | None:
+    """Return the expanded type a query can walk (one type name, no geo-query), or None."""
+    if isinstance(query.types, TypeName) and query.geo is None:
+        return query.expand(query.types.name)
+    return None
+
+
+async def page(
+    conn: Conn, tenant: str, query: EntityQuery, type_iri: str, dialect: pg_query.PgDialect
+) -> list[Doc] | None:
+    """Return a query's page by walking its type, or None when the planner should answer.
+
+    dialect must be a walk dialect (every condition checked per candidate).
+    """
+    need = query.offset + query.limit
+    budget = _budget(need)
+    where, params = pg_query.where(tenant, replace(query, types=None), dialect)
+    sql = numbered(
+        "SELECT d.doc FROM (SELECT e.rid FROM (SELECT * FROM entities "
+        f"WHERE tenant=? AND type1=? ORDER BY rid LIMIT {budget}) e "
+        f"WHERE {where} AND NOT {_OTHER_TYPE} ORDER BY e.rid "
+        f"LIMIT {int(query.limit)} OFFSET {int(query.offset)}) p "
+        "JOIN entities d ON d.rid = p.rid ORDER BY p.rid"
+    )
+    other = [tenant, [type_iri], type_iri]
+    rows = await conn.fetch(sql, tenant, type_iri, *params, *other)
+    if len(rows) < query.limit:
+        # a short page: complete only if the walk saw every entity of the type and none with
+        # the type second was left out
+        seen, missed = await conn.fetchrow(
+            numbered(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM entities WHERE tenant=? "
+                f"AND type1=? LIMIT {budget}) x), {_OTHER_TYPE}"
+            ),
+            tenant,
+            type_iri,
+            *other,
+        )
+        if missed or seen >= budget:
+            return None
+    return [orjson.loads(r[0]) for r in rows]
+
+
+def lookup(query: EntityQuery) -> tuple[str, list[str]] | None:
+    """Return the first text equality among a query's q terms (ANDed): (path, values)."""
+    q = query.q
+    if q is None or query.geo is not None:
+        return None
+    for term in q.items if isinstance(q, And) else (q,):
+        found = attrindex.text_lookup(term, query.expand)
+        short = found and all(len(v) < pg_query.TEXT_PREFIX for v in found[1])
+        if found and short and len(found[1]) <= _MAX_VALUES:
+            return found
+    return None
+
+
+#: values of one equality walked side by side (a longer list is left to the planner)
+_MAX_VALUES: Final = 8
+
+
+async def value_page(
+    conn: Conn,
+    tenant: str,
+    query: EntityQuery,
+    found: tuple[str, list[str]],
+    dialect: pg_query.PgDialect,
+) -> list[Doc] | None:
+    """Return a query's page by walking the entities holding a value, or None (the planner).
+
+    Each value is walked in creation order, each candidate checked against the whole query,
+    until offset+limit match or the budget is spent; the pages of the values merge into the
+    query's page. A value whose walk ran out of budget short of a page leaves the merged
+    page exact only up to the last candidate it saw.
+    """
+    path, values = found
+    need = query.offset + query.limit
+    budget = _budget(need)
+    pid_sql, pid_params = dialect.pid(path)
+    where, params = pg_query.where(tenant, query, dialect)
+    holders = (
+        f"FROM attr_index a WHERE a.pid={pid_sql} AND a.t={attrindex.STRING} "
+        f"AND length(a.s) < {pg_query.TEXT_PREFIX} AND a.s=?"
+    )
+    parts: list[str] = []
+    args: list[Any] = []
+    for i, value in enumerate(values):
+        parts.append(
+            f"(SELECT {i} AS i, e.rid, e.doc, NULL::bigint AS n FROM (SELECT DISTINCT a.rid "
+            f"{holders} ORDER BY a.rid LIMIT {budget}) c JOIN entities e ON e.rid = c.rid "
+            f"WHERE {where} ORDER BY c.rid LIMIT {need})"
+        )
+        args += [*pid_params, value, *params]
+        # how many hold the value, counted no further than a page: few means all were seen
+        parts.append(
+            f"(SELECT {i}, NULL, NULL, count(*) FROM (SELECT 1 {holders} LIMIT {need + 1}) x)"
+        )
+        args += [*pid_params, value]
+    rows = await conn.fetch(numbered(" UNION ALL ".join(parts)), *args)
+    pages: dict[int, dict[int, str]] = {i: {} for i in range(len(values))}
+    holding: dict[int, int] = {}
+    for i, rid, doc, n in rows:
+        if rid is None:
+            holding[i] = n
+        else:
+            pages[i][rid] = doc
+    merged: dict[int, str] = {}
+    for page_ in pages.values():
+        merged.update(page_)
+    rids = sorted(merged)[:need]
+    bound: int | None = None  # the page is exact up to this rid
+    for i, value in enumerate(values):
+        if len(pages[i]) >= need or holding.get(i, 0) <= need:
+            continue  # a full page of this value, or every holder seen
+        seen, last = await conn.fetchrow(
+            numbered(
+                "SELECT count(*), max(rid) FROM (SELECT DISTINCT a.rid "
+                f"{holders} ORDER BY a.rid LIMIT {budget}) c"
+            ),
+            *pid_params,
+            value,
+        )
+        if seen >= budget:
+            bound = last if bound is None else min(bound, last)
+    if bound is not None and (len(rids) < need or rids[-1] > bound):
+        return None
+    return [orjson.loads(merged[rid]) for rid in rids[query.offset :]]
+
+
+def _envelope(geo: GeoQuery, meters: float) -> tuple[float, float, float, float]:
+    """Return a lon/lat box holding every point within meters of the reference (or more)."""
+    minx, miny, maxx, maxy = geometry_bbox(geo.reference)
+    dlat = meters / meters_per_degree(0.0)[1] * 1.01 + 1e-9
+    lat = min(89.9, max(abs(miny), abs(maxy)) + dlat)
+    dlon = meters / meters_per_degree(lat)[0] * 1.01 + 1e-9
+    return minx - dlon, miny - dlat, maxx + dlon, maxy + dlat
+
+
+async def near_radius(
+    conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery, dialect: pg_query.PgDialect
+) -> float:
+    """Return a circle holding a near query's offset+limit nearest matches (<= maxDistance).
+
+    The nearest matches by planar distance come first from the spatial index (KNN); the
+    farthest of them on the spheroid bounds the circle in which the true nearest lie. With
+    fewer matches than asked for, near the reference, it is the whole maxDistance.
+    """
+    max_d = geo.max_distance or 0.0
+    need = int(query.offset + query.limit)
+    where, params = pg_query.where(tenant, replace(query, geo=None), dialect)
+    ref = orjson.dumps(geo.reference).decode()
+    ref_sql = pg_query.REF
+    sql = numbered(
+        f"SELECT max(k.d), count(DISTINCT k.rid) FROM (SELECT e.rid, "
+        f"ST_Distance(g.geom::geography, {ref_sql}::geography) AS d "
+        "FROM geo_index g JOIN entities e ON e.rid = g.rid "
+        "WHERE g.attr=? AND g.geom && ST_MakeEnvelope(?, ?, ?, ?, 4326) "
+        f"AND {where} ORDER BY g.geom <-> {ref_sql} LIMIT {need}) k"
+    )
+    farthest, found = await conn.fetchrow(
+        sql, ref, query.geoproperty or "", *_envelope(geo, max_d), *params, ref
+    )
+    if found < need or farthest is None:
+        return max_d
+    # a hair wider: the circle's test and the distance above may round differently
+    return float(min(max_d, math.nextafter(farthest * (1 + 1e-9), math.inf) + 1e-3))
