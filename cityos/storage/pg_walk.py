@@ -45,6 +45,13 @@ _OTHER_TYPE: Final = (
 )
 
 
+async def _row(conn: Conn, sql: str, *args: Any) -> Any:
+    """Return the one row of an aggregate statement."""
+    row = await conn.fetchrow(sql, *args)
+    assert row is not None  # an aggregate without GROUP BY always yields a row
+    return row
+
+
 def _budget(need: int) -> int:
     """Return how many candidates a walk for offset+limit rows checks (an int in the SQL:
     limits written out let the plan PostgreSQL keeps for a statement suit them)."""
@@ -85,7 +92,8 @@ async def page(
     if len(rows) < query.limit:
         # a short page: complete only if the walk saw every entity of the type and none with
         # the type second was left out
-        seen, missed = await conn.fetchrow(
+        seen, missed = await _row(
+            conn,
             numbered(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM entities WHERE tenant=? "
                 f"AND type1=? LIMIT {budget}) x), {_OTHER_TYPE}"
@@ -169,7 +177,8 @@ async def value_page(
     for i, value in enumerate(values):
         if len(pages[i]) >= need or holding.get(i, 0) <= need:
             continue  # a full page of this value, or every holder seen
-        seen, last = await conn.fetchrow(
+        seen, last = await _row(
+            conn,
             numbered(
                 "SELECT count(*), max(rid) FROM (SELECT DISTINCT a.rid "
                 f"{holders} ORDER BY a.rid LIMIT {budget}) c"
@@ -214,8 +223,8 @@ async def near_radius(
         "WHERE g.attr=? AND g.geom && ST_MakeEnvelope(?, ?, ?, ?, 4326) "
         f"AND {where} ORDER BY g.geom <-> {ref_sql} LIMIT {need}) k"
     )
-    farthest, found = await conn.fetchrow(
-        sql, ref, query.geoproperty or "", *_envelope(geo, max_d), *params, ref
+    farthest, found = await _row(
+        conn, sql, ref, query.geoproperty or "", *_envelope(geo, max_d), *params, ref
     )
     if found < need or farthest is None:
         return max_d
