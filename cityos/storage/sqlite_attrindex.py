@@ -365,9 +365,18 @@ class _Compiler:
         where = f" AND {cond[0]}" if cond[0] else ""
         pid, pid_params = self.d.pid(_path_iri(path, self.expand))
         params = [*pid_params, *cond[1]]
-        if lookup and not self.d.walk:
+        if self.d.walk:
+            # the candidate's own index rows by (rid, pid), fenced: whatever the statistics
+            # (none before a table is first analyzed), no index of values can be chosen to
+            # scan every entity's values for each candidate
+            return (
+                "EXISTS (SELECT 1 FROM (SELECT * FROM attr_index x WHERE x.rid=e.rid "
+                f"AND x.pid={pid} OFFSET 0) a WHERE {self.d.true}{where})",
+                params,
+            )
+        if lookup:
             return f"e.rid IN (SELECT a.rid FROM attr_index a WHERE a.pid={pid}{where})", params
-        per_row = self.beside_lookup or self.d.walk
+        per_row = self.beside_lookup
         return (
             f"EXISTS (SELECT 1 FROM attr_index a WHERE a.rid=e.rid AND a.pid={pid}{where}"
             f"{self.d.per_row if per_row else ''})",
