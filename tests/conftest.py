@@ -185,6 +185,11 @@ async def _pg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
         await conn.close()
 
 
+def pg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run a query on the PostgreSQL database (and schema) at url; return its rows."""
+    return _sync(_pg_rows(url, sql))
+
+
 def _sync(job: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to its end, also from inside a running event loop (in a thread)."""
     try:

@@ -6,6 +6,7 @@ The uploaded files are written aside and moved into place once the transaction c
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections import Counter
@@ -65,6 +66,9 @@ def _place(staged: Path, files: Path) -> None:
     _remove(files)
     files.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, files)
+
+
+log = logging.getLogger("cityos.dump")
 
 
 async def _sequences(conn: Conn) -> list[tuple[str, str, int | None, int]]:
@@ -128,6 +132,23 @@ async def _fill(conn: Conn, inst: PgInstallation, reader: DumpReader, tally: Tal
         raise
 
 
+async def _analyze(conn: Conn) -> None:
+    """Gather the statistics query plans rely on, for the tables just filled (committed).
+
+    Autovacuum would get to them later (never, where it is off); till then PostgreSQL plans
+    a million entities as if the tables were empty.
+    """
+    tables = await conn.fetch(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+        "WHERE schemaname = current_schema()"
+    )
+    for (table,) in tables:
+        try:
+            await conn.execute(f"ANALYZE {table}")
+        except asyncpg.PostgresError as exc:  # the data is in: a missing statistic is no loss
+            log.warning("ANALYZE %s after the import failed: %s", table, exc)
+
+
 async def import_postgres(source: Path, inst: PgInstallation, progress: Progress) -> Counter[str]:
     """Load the dump at source into the empty PostgreSQL installation inst."""
     reader = DumpReader(source)  # refuses a foreign or newer file before anything is made
@@ -137,6 +158,7 @@ async def import_postgres(source: Path, inst: PgInstallation, progress: Progress
         conn = await _connect(inst)
         try:
             await _fill(conn, inst, reader, tally)
+            await _analyze(conn)
         finally:
             await conn.close()
     except (asyncpg.PostgresError, asyncpg.InterfaceError, CkanError, KeyError, TypeError,
