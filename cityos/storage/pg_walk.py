@@ -193,40 +193,64 @@ async def value_page(
     return [orjson.loads(merged[rid]) for rid in rids[query.offset :]]
 
 
-def _envelope(geo: GeoQuery, meters: float) -> tuple[float, float, float, float]:
-    """Return a lon/lat box holding every point within meters of the reference (or more)."""
+def _bounds(geo: GeoQuery, meters: float) -> tuple[tuple[float, float, float, float], float]:
+    """Return a lon/lat box holding every point within meters of the reference (or more),
+    and the fewest meters a degree of planar distance spans anywhere in that box."""
     minx, miny, maxx, maxy = geometry_bbox(geo.reference)
     dlat = meters / meters_per_degree(0.0)[1] * 1.01 + 1e-9
     lat = min(89.9, max(abs(miny), abs(maxy)) + dlat)
-    dlon = meters / meters_per_degree(lat)[0] * 1.01 + 1e-9
-    return minx - dlon, miny - dlat, maxx + dlon, maxy + dlat
+    kx = meters_per_degree(lat)[0]  # a degree of longitude, shortest at the box's far edge
+    dlon = meters / kx * 1.01 + 1e-9
+    return (minx - dlon, miny - dlat, maxx + dlon, maxy + dlat), kx
 
 
-async def near_radius(
+#: candidates fetched from the spatial index for each row of a near page
+NEAR_FETCH: Final = 2
+#: beyond this maxDistance the planar bound below is not trusted (the earth's curvature)
+_NEAR_PLANAR_LIMIT: Final = 100_000.0
+
+
+async def near_page(
     conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery, dialect: pg_query.PgDialect
-) -> float:
-    """Return a circle holding a near query's offset+limit nearest matches (<= maxDistance).
+) -> tuple[list[Doc] | None, float]:
+    """Return a near query's page, or (None, a circle holding offset+limit nearest matches).
 
-    The nearest matches by planar distance come first from the spatial index (KNN); the
-    farthest of them on the spheroid bounds the circle in which the true nearest lie. With
-    fewer matches than asked for, near the reference, it is the whole maxDistance.
+    The nearest matches by planar distance come first from the spatial index (KNN), twice as
+    many as the page needs, with their distances on the spheroid. A match not fetched is at
+    least as far in degrees as the last one fetched, so at least that many degrees times the
+    fewest meters a degree spans nearby: when the page's farthest match is nearer than that,
+    the page is exact. Otherwise the farthest of the nearest bounds the circle in which the
+    true nearest lie (maxDistance when fewer match), for the caller to order.
     """
     max_d = geo.max_distance or 0.0
     need = int(query.offset + query.limit)
+    fetch = NEAR_FETCH * need
     where, params = pg_query.where(tenant, replace(query, geo=None), dialect)
     ref = orjson.dumps(geo.reference).decode()
-    ref_sql = pg_query.REF
+    box, meters_per_degree_min = _bounds(geo, max_d)
     sql = numbered(
-        f"SELECT max(k.d), count(DISTINCT k.rid) FROM (SELECT e.rid, "
-        f"ST_Distance(g.geom::geography, {ref_sql}::geography) AS d "
+        f"SELECT e.rid, e.doc, g.geom <-> {pg_query.REF} AS p, "
+        f"ST_Distance(g.geom::geography, {pg_query.REF}::geography) AS s "
         "FROM geo_index g JOIN entities e ON e.rid = g.rid "
         "WHERE g.attr=? AND g.geom && ST_MakeEnvelope(?, ?, ?, ?, 4326) "
-        f"AND {where} ORDER BY g.geom <-> {ref_sql} LIMIT {need}) k"
+        f"AND {where} ORDER BY g.geom <-> {pg_query.REF} LIMIT {fetch}"
     )
-    farthest, found = await _row(
-        conn, sql, ref, query.geoproperty or "", *_envelope(geo, max_d), *params, ref
-    )
-    if found < need or farthest is None:
-        return max_d
+    rows = await conn.fetch(sql, ref, ref, query.geoproperty or "", *box, *params, ref)
+    nearest: dict[int, tuple[float, str]] = {}
+    for rid, doc, _, dist in rows:
+        if rid not in nearest or dist < nearest[rid][0]:
+            nearest[rid] = (dist, doc)
+    min_d = geo.min_distance or 0.0
+    within = sorted((d, rid) for rid, (d, _) in nearest.items() if min_d <= d <= max_d)
+    # fewer rows than fetched: every match in the box (which holds the circle) is here
+    exact = len(rows) < fetch
+    if not exact and len(within) >= need and max_d <= _NEAR_PLANAR_LIMIT:
+        unseen = rows[-1][2] * meters_per_degree_min * 0.99  # the nearest a match not fetched
+        exact = within[need - 1][0] < unseen
+    if exact:
+        return [orjson.loads(nearest[rid][1]) for _, rid in within[query.offset : need]], max_d
+    if len(within) < need:
+        return None, max_d
     # a hair wider: the circle's test and the distance above may round differently
-    return float(min(max_d, math.nextafter(farthest * (1 + 1e-9), math.inf) + 1e-3))
+    farthest = within[need - 1][0]
+    return None, float(min(max_d, math.nextafter(farthest * (1 + 1e-9), math.inf) + 1e-3))

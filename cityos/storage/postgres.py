@@ -217,11 +217,14 @@ class PostgresStorage(Storage):
         """Nearest first within maxDistance: the page from the circle holding the nearest.
 
         Ordering every candidate within maxDistance by its spheroid distance is slow in dense
-        areas; pg_walk.near_radius finds a circle holding offset+limit matches first.
+        areas; pg_walk.near_page answers from the nearest few, or finds a circle holding
+        offset+limit matches first.
         """
         need = query.offset + query.limit
         walker = pg_query.PgDialect(self._paths.known(), walk=True)
-        radius = await pg_walk.near_radius(conn, tenant, query, geo, walker)
+        docs, radius = await pg_walk.near_page(conn, tenant, query, geo, walker)
+        if docs is not None:
+            return docs
         step = replace(query, geo=replace(geo, max_distance=radius), limit=need, offset=0)
         where, params = pg_query.where(tenant, step, pg_query.PgDialect(self._paths.known()))
         docs = await self._page(conn, where, params, step, step.geo)

@@ -1,5 +1,5 @@
-"""PostgreSQL's walk of a type (pg_walk.page) and its near circles (pg_walk.near_radius) give
-the pages SQLite gives, whatever the types, values, pages and walk budget.
+"""PostgreSQL's walks of a type or a value (pg_walk.page, value_page) and its near pages
+(pg_walk.near_page) give the pages SQLite gives, whatever the types, values, pages and budget.
 
 A walk checks a type's entities in creation order by their first type; entities with the type
 second, pages short of the limit and walks that run out of budget must all still come out as
@@ -19,7 +19,7 @@ from hypothesis import assume, event, given, settings
 from test_engines import V, _queries, entity, expand, ids, put
 
 from cityos.broker.errors import BadRequestData
-from cityos.broker.geo import parse_geoquery
+from cityos.broker.geo import meters_per_degree, parse_geoquery
 from cityos.broker.qlang import parse_q
 from cityos.broker.typesel import parse_type_selection
 from cityos.storage import pg_walk
@@ -226,3 +226,24 @@ def test_a_value_walk_out_of_budget_hands_the_query_to_the_planner(
         types=parse_type_selection("T"), q=parse_q('kind=="x"'), expand=expand, limit=3
     )
     assert engines.pages(docs, query) == [[1, 6, 7], [1, 6, 7]]
+
+
+def test_a_near_page_is_nearest_on_the_ground_not_in_degrees(
+    engines: _Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # at 36 N a degree of longitude is ~20 % shorter than one of latitude: the spot 900 m
+    # east is the nearest, though the two spots 950 m and 1,000 m north are nearer in degrees
+    monkeypatch.setattr(pg_walk, "NEAR_FETCH", 2)
+    lon, lat = 139.6, 36.3
+    per_lon, per_lat = meters_per_degree(lat)
+    docs = [
+        _spot(0, lon, lat + 950 / per_lat, ["T"], "x"),
+        _spot(1, lon, lat + 1000 / per_lat, ["T"], "x"),
+        _spot(2, lon + 900 / per_lon, lat, ["T"], "x"),
+    ]
+    near = parse_geoquery("near;maxDistance==2000", "Point", [lon, lat])
+    query = EntityQuery(
+        types=parse_type_selection("T"), geo=near, geoproperty=V + "location", expand=expand,
+        limit=1,
+    )  # fmt: skip
+    assert engines.pages(docs, query) == [[2], [2]]
