@@ -150,7 +150,7 @@ def compile_type_selection(expr: TypeExpr, expand: Callable[[str], str]) -> tupl
 #: the reference geometry of a geo-query (its GeoJSON a parameter)
 REF: Final = "ST_SetSRID(ST_GeomFromGeoJSON(?::text), 4326)"
 #: georel -> PostGIS test of the reference (first) and the stored geometry, as GeoQuery.matches
-_RELATE: Final = {
+RELATE: Final = {
     "within": "ST_Contains",
     "contains": "ST_Within",
     "intersects": "ST_Intersects",
@@ -185,7 +185,7 @@ def compile_geo(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
                 params,
             )
         return f"e.rid IN (SELECT g.rid FROM geo_index g WHERE g.attr=? AND {test})", params
-    fn = _RELATE[query.georel]
+    fn = RELATE[query.georel]
     if query.georel == "disjoint":
         return (
             f"EXISTS (SELECT 1 FROM geo_index g WHERE g.rid=e.rid AND g.attr=? "

@@ -254,3 +254,28 @@ async def near_page(
     # a hair wider: the circle's test and the distance above may round differently
     farthest = within[need - 1][0]
     return None, float(min(max_d, math.nextafter(farthest * (1 + 1e-9), math.inf) + 1e-3))
+
+
+async def region_page(
+    conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery, dialect: pg_query.PgDialect
+) -> list[Doc]:
+    """Return the page of a geo-query by region (within, contains, intersects, overlaps,
+    equals: all but disjoint), candidates by bounding box first.
+
+    The spatial index yields the geometries whose box meets the reference's; those of
+    entities matching the rest of the query are taken in creation order and tested exactly
+    (the costly test, some microseconds each) only until the page is full.
+    """
+    relate = pg_query.RELATE[geo.georel]
+    where, params = pg_query.where(tenant, replace(query, geo=None), dialect)
+    ref = orjson.dumps(geo.reference).decode()
+    sql = numbered(
+        "SELECT d.doc FROM (SELECT DISTINCT c.rid FROM (SELECT e.rid, g.geom "
+        "FROM geo_index g JOIN entities e ON e.rid = g.rid "
+        f"WHERE g.attr=? AND g.geom && {pg_query.REF} AND {where} ORDER BY e.rid OFFSET 0) c "
+        f"WHERE {relate}({pg_query.REF}, c.geom) ORDER BY c.rid "
+        f"LIMIT {int(query.limit)} OFFSET {int(query.offset)}) p "
+        "JOIN entities d ON d.rid = p.rid ORDER BY p.rid"
+    )
+    rows = await conn.fetch(sql, query.geoproperty or "", ref, *params, ref)
+    return [orjson.loads(r[0]) for r in rows]

@@ -175,6 +175,9 @@ class PostgresStorage(Storage):
             elif near:
                 assert geo is not None
                 docs = await self._near(conn, tenant, query, geo)
+            elif geo is not None and geo.georel in pg_query.RELATE and geo.georel != "disjoint":
+                walker = pg_query.PgDialect(self._paths.known(), walk=True)
+                docs = await pg_walk.region_page(conn, tenant, query, geo, walker)
             else:
                 docs = await self._walk(conn, tenant, query) if walks else None
                 if docs is None:

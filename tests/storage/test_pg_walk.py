@@ -16,10 +16,10 @@ from typing import Any
 import hypothesis.strategies as hs
 import pytest
 from hypothesis import assume, event, given, settings
-from test_engines import V, _queries, entity, expand, ids, put
+from test_engines import V, _geo_queries, _queries, _shapes, entity, expand, ids, put
 
 from cityos.broker.errors import BadRequestData
-from cityos.broker.geo import meters_per_degree, parse_geoquery
+from cityos.broker.geo import GeoQuery, meters_per_degree, parse_geoquery
 from cityos.broker.qlang import parse_q
 from cityos.broker.typesel import parse_type_selection
 from cityos.storage import pg_walk
@@ -247,3 +247,45 @@ def test_a_near_page_is_nearest_on_the_ground_not_in_degrees(
         limit=1,
     )  # fmt: skip
     assert engines.pages(docs, query) == [[2], [2]]
+
+
+def test_region_pages_match_however_the_types_lie(engines: _Engines) -> None:
+    @settings(max_examples=80, deadline=None, database=None)
+    @given(
+        spots=hs.lists(hs.tuples(_shapes(), hs.sampled_from(range(len(_TYPES)))), max_size=12),
+        query=_geo_queries().filter(lambda g: g.georel != "near"),
+        limit=hs.integers(1, 4),
+        offset=hs.integers(0, 3),
+    )
+    def check(
+        spots: list[tuple[dict[str, Any], int]], query: GeoQuery, limit: int, offset: int
+    ) -> None:
+        docs = [
+            entity(i, _TYPES[t], location=[{"type": "GeoProperty", "value": shape}])
+            for i, (shape, t) in enumerate(spots)
+        ]
+        page = EntityQuery(
+            types=parse_type_selection("T"),
+            geo=query,
+            geoproperty=V + "location",
+            expand=expand,
+            limit=limit,
+            offset=offset,
+        )
+        reference, found = engines.pages(docs, page)
+        event("a full page" if len(reference) == limit else "a short page")
+        assert found == reference, query.georel
+
+    check()
+
+
+def test_a_region_page_is_the_first_in_creation_order(engines: _Engines) -> None:
+    square = [[[139.5, 36.2], [139.7, 36.2], [139.7, 36.4], [139.5, 36.4], [139.5, 36.2]]]
+    docs = [_spot(i, 139.6 + i / 1000, 36.3, ["U"] if i == 1 else ["T"], "x") for i in range(6)]
+    docs.append(_spot(6, 139.9, 36.3, ["T"], "x"))  # outside
+    within = parse_geoquery("within", "Polygon", square)
+    query = EntityQuery(
+        types=parse_type_selection("T"), geo=within, geoproperty=V + "location",
+        expand=expand, limit=2, offset=1,
+    )  # fmt: skip
+    assert engines.pages(docs, query) == [[2, 3], [2, 3]]
