@@ -138,6 +138,24 @@ def _spot(i: int, lon: float, lat: float, types: list[str], kind: str) -> dict[s
     )
 
 
+def _typed_geo_query(geo: GeoQuery, limit: int, offset: int, q: Any = None) -> EntityQuery:
+    return EntityQuery(
+        types=parse_type_selection("T"),
+        q=q,
+        geo=geo,
+        geoproperty=V + "location",
+        expand=expand,
+        limit=limit,
+        offset=offset,
+    )
+
+
+def _same_page(engines: _Engines, docs: list[dict[str, Any]], query: EntityQuery) -> None:
+    reference, found = engines.pages(docs, query)
+    event("a full page" if len(reference) == query.limit else "a short page")
+    assert found == reference, query.geo
+
+
 def test_near_pages_match_however_the_types_and_values_lie(engines: _Engines) -> None:
     @settings(max_examples=80, deadline=None, database=None)
     @given(
@@ -171,18 +189,8 @@ def test_near_pages_match_however_the_types_and_values_lie(engines: _Engines) ->
         dists = sorted(near.distance_m(d["attrs"][V + "location"][0]["value"]) for d in docs)
         assume(all(abs(d - meters) > meters * 1e-3 + 0.01 for d in dists))
         assume(all(b - a > 0.5 for a, b in itertools.pairwise(dists)))
-        query = EntityQuery(
-            types=parse_type_selection("T"),
-            q=parse_q('kind=="x"') if with_q else None,
-            geo=near,
-            geoproperty=V + "location",
-            expand=expand,
-            limit=limit,
-            offset=offset,
-        )
-        reference, found = engines.pages(docs, query)
-        event("a full page" if len(reference) == limit else "a short page")
-        assert found == reference
+        q = parse_q('kind=="x"') if with_q else None
+        _same_page(engines, docs, _typed_geo_query(near, limit, offset, q))
 
     check()
 
@@ -264,17 +272,7 @@ def test_region_pages_match_however_the_types_lie(engines: _Engines) -> None:
             entity(i, _TYPES[t], location=[{"type": "GeoProperty", "value": shape}])
             for i, (shape, t) in enumerate(spots)
         ]
-        page = EntityQuery(
-            types=parse_type_selection("T"),
-            geo=query,
-            geoproperty=V + "location",
-            expand=expand,
-            limit=limit,
-            offset=offset,
-        )
-        reference, found = engines.pages(docs, page)
-        event("a full page" if len(reference) == limit else "a short page")
-        assert found == reference, query.georel
+        _same_page(engines, docs, _typed_geo_query(query, limit, offset))
 
     check()
 
