@@ -52,6 +52,17 @@ def sensor(n: int = 1, level: float = 1.5) -> dict[str, Any]:
     }
 
 
+def create_bins(client: TestClient, count: int, batch: int) -> None:
+    """Create Bin entities 0..count-1 (fill = their number), batch of them per request."""
+    for start in range(0, count, batch):
+        body = [
+            {"id": f"urn:ngsi-ld:Bin:{n}", "type": "Bin", "fill": {"type": "Property", "value": n}}
+            for n in range(start, min(count, start + batch))
+        ]
+        r = client.post("/ngsi-ld/v1/entityOperations/create", json=body)
+        assert r.status_code == 201, r.text
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -60,10 +71,22 @@ def free_port() -> int:
         return port
 
 
+def raw_lines(path: Path) -> list[bytes]:
+    """Return a dump's lines as written."""
+    with gzip.open(path, "rb") as f:
+        return f.read().splitlines()
+
+
+def write_lines(path: Path, rows: list[bytes]) -> Path:
+    """Write rows as a gzipped dump (to damage one on purpose); return path."""
+    with gzip.open(path, "wb") as f:
+        f.write(b"\n".join(rows) + b"\n")
+    return path
+
+
 def dump_lines(path: Path) -> list[bytes]:
     """Return a dump's lines, the header without its creation time."""
-    with gzip.open(path, "rb") as f:
-        lines = f.read().splitlines()
+    lines = raw_lines(path)
     header = orjson.loads(lines[0])
     del header["created"]
     return [orjson.dumps(header), *lines[1:]]

@@ -7,7 +7,6 @@ the other engine gives back the same dump, record for record.
 from __future__ import annotations
 
 import asyncio
-import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,15 @@ from dump_helpers import (
     E,
     build,
     cli,
+    create_bins,
     dump_lines,
     files,
     free_port,
     make_client,
     observe,
+    raw_lines,
     sections,
+    write_lines,
 )
 
 from cityos.auth.users import Accounts
@@ -192,17 +194,6 @@ def test_postgresql_to_sqlite_to_postgresql_gives_the_same_dump(
 # -- refusals: a PostgreSQL target is filled completely or not at all -------------------------
 
 
-def _lines(path: Path) -> list[bytes]:
-    with gzip.open(path, "rb") as f:
-        return f.read().splitlines()
-
-
-def _write(path: Path, rows: list[bytes]) -> Path:
-    with gzip.open(path, "wb") as f:
-        f.write(b"\n".join(rows) + b"\n")
-    return path
-
-
 def _before_trailer(rows: list[bytes], extra: bytes) -> list[bytes]:
     trailer = orjson.dumps({"section": "end", "record": {"records": len(rows) - 1}})
     return [*rows[:-1], extra, trailer]
@@ -253,7 +244,7 @@ def test_a_damaged_dump_leaves_postgresql_empty(
     damage: Callable[[list[bytes]], list[bytes]],
     message: str,
 ) -> None:
-    bad = _write(tmp_path / "bad.jsonl.gz", damage(_lines(trip.first)))
+    bad = write_lines(tmp_path / "bad.jsonl.gz", damage(raw_lines(trip.first)))
     url, target = pg_schema_url(pg_database), tmp_path / "target"
     result = cli("import-dump", str(bad), "--data-dir", str(target), url=url)
     assert result.exit_code == 1
@@ -275,17 +266,7 @@ def test_export_of_a_database_without_cityos_says_so(tmp_path: Path, pg_database
 def test_many_records_load_into_postgresql_in_batches(tmp_path: Path, pg_database: str) -> None:
     src, out = tmp_path / "src", tmp_path / "many.jsonl.gz"
     with make_client(src) as c:
-        for start in range(0, 2500, 500):
-            body = [
-                {
-                    "id": f"urn:ngsi-ld:Bin:{n}",
-                    "type": "Bin",
-                    "fill": {"type": "Property", "value": n},
-                }
-                for n in range(start, start + 500)
-            ]
-            r = c.post("/ngsi-ld/v1/entityOperations/create", json=body)
-            assert r.status_code == 201
+        create_bins(c, 2500, 500)
     exported = cli("export", str(out), "--data-dir", str(src))
     total = int(exported.output.split("exported ")[1].split()[0])
     assert total > 3 * 1000  # entities and their history: several batches of each

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from dump_helpers import cli, make_client, sensor
+from dump_helpers import cli, create_bins, make_client, sensor
+from dump_helpers import raw_lines as lines
+from dump_helpers import write_lines as write
 
 E = "/ngsi-ld/v1/entities"
 
@@ -22,17 +23,6 @@ def dump(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "sano.jsonl.gz"
     assert cli("export", str(out), "--data-dir", str(root / "src")).exit_code == 0
     return out
-
-
-def lines(path: Path) -> list[bytes]:
-    with gzip.open(path, "rb") as f:
-        return f.read().splitlines()
-
-
-def write(path: Path, rows: list[bytes]) -> Path:
-    with gzip.open(path, "wb") as f:
-        f.write(b"\n".join(rows) + b"\n")
-    return path
 
 
 def assert_untouched(target: Path) -> None:
@@ -159,18 +149,8 @@ def test_export_while_the_server_runs_sees_committed_writes(tmp_path: Path) -> N
 
 def test_many_entities_stream_with_progress(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "many.jsonl.gz"
-    batch = "/ngsi-ld/v1/entityOperations/create"
     with make_client(data) as c:
-        for start in range(0, 12_000, 1000):
-            body = [
-                {
-                    "id": f"urn:ngsi-ld:Bin:{n}",
-                    "type": "Bin",
-                    "fill": {"type": "Property", "value": n},
-                }
-                for n in range(start, start + 1000)
-            ]
-            assert c.post(batch, json=body).status_code == 201
+        create_bins(c, 12_000, 1000)
     exported = cli("export", str(out), "--data-dir", str(data))
     assert "exported 25000 records" in exported.output
     result = imported(out, tmp_path / "copy")
