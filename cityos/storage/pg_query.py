@@ -160,13 +160,14 @@ RELATE: Final = {
 }
 
 
-def _reference(query: GeoQuery) -> str:
+def reference_json(query: GeoQuery) -> str:
+    """Return a geo-query's reference geometry as GeoJSON text (the parameter of REF)."""
     return orjson.dumps(query.reference).decode()
 
 
 def compile_geo(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[Any]]:
     """Return a condition on ``e``: some geometry of the geoproperty satisfies the query."""
-    ref = _reference(query)
+    ref = reference_json(query)
     if query.georel == "near":
         geog = f"{REF}::geography"
         tests: list[str] = []
@@ -203,7 +204,7 @@ def compile_distance(query: GeoQuery, geoproperty_iri: str) -> tuple[str, list[A
     return (
         f"(SELECT min(ST_Distance(g.geom::geography, {REF}::geography)) FROM geo_index g "
         "WHERE g.rid=e.rid AND g.attr=?)",
-        [_reference(query), geoproperty_iri],
+        [reference_json(query), geoproperty_iri],
     )
 
 

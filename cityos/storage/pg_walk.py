@@ -1,31 +1,30 @@
-"""Query plans PostgreSQL cannot choose well on its own: a page by walking a type, and the
-circle of a near query found from its nearest matches.
+"""Query plans PostgreSQL cannot choose well on its own: pages by walking a value or a type
+in creation order, near pages from the spatial index's nearest, region pages tested in
+creation order.
 
 PostgreSQL estimates each condition as if independent of the others, and one table holds the
 values of every attribute, so it often drives a query from all the entities matching an
 attribute value (180,000 buildings are "residential") and sorts them for a page of 20, or
-walks every entity in creation order skipping other types. For a query by one type, walking
-that type's entities in creation order (migration 0010) and checking each candidate in the
-index fills a page of 20 after a few dozen candidates whenever its matches are not rare. A
-walk is bounded: when it has not filled the page after ``WALK_BUDGET`` candidates, the
-matches are rare and the planner's plan from the values is the better one.
-
-A query with a text equality (``category=="hospital"``, with or without a type) walks the
-entities holding that value instead, in creation order from the index of values (migration
-0010), whether the value is common or rare; the walk by type is for queries without one.
+walks every entity in creation order skipping other types. A query with a text equality
+(``category=="hospital"``, with or without a type) walks the entities holding that value, in
+creation order from the index of values (migration 0010), whether the value is common or rare;
+a query by one type without one walks that type's entities (``entities.type1``). Each
+candidate is checked in the index and the walk stops when the page is full. A walk is
+bounded: when it has not filled the page after ``WALK_BUDGET`` candidates, the matches are
+rare and the planner's plan from the values is the better one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
 
 from cityos.broker.geo import GeoQuery, geometry_bbox, meters_per_degree
 from cityos.broker.model import Doc
-from cityos.broker.qlang import And
+from cityos.broker.qlang import And, QExpr
 from cityos.broker.typesel import TypeName
 from cityos.storage import pg_query
 from cityos.storage import sqlite_attrindex as attrindex
@@ -56,11 +55,6 @@ def _budget(need: int) -> int:
     """Return how many candidates a walk for offset+limit rows checks (an int in the SQL:
     limits written out let the plan PostgreSQL keeps for a statement suit them)."""
     return int(max(WALK_BUDGET, BUDGET_PER_ROW * need))
-
-
-def walkable(query: EntityQuery) -> bool:
-    """Tell whether a query may be walked (by a value or a type) before the planner."""
-    return lookup(query) is not None or walk_type(query) is not None
 
 
 def walk_type(query: EntityQuery) -> str | None:
@@ -107,28 +101,42 @@ async def page(
     return [orjson.loads(r[0]) for r in rows]
 
 
-def lookup(query: EntityQuery) -> tuple[str, list[str]] | None:
-    """Return the first text equality among a query's q terms (ANDed): (path, values)."""
-    q = query.q
-    if q is None or query.geo is not None:
-        return None
-    for term in q.items if isinstance(q, And) else (q,):
-        found = attrindex.text_lookup(term, query.expand)
-        short = found and all(len(v) < pg_query.TEXT_PREFIX for v in found[1])
-        if found and short and len(found[1]) <= _MAX_VALUES:
-            return found
-    return None
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A text equality of q to walk by: its attribute path, the strings it may equal (a term
+    and its expansion), and the rest of q (the candidates hold the value already)."""
+
+    path: str
+    values: list[str]
+    rest: QExpr | None
 
 
 #: values of one equality walked side by side (a longer list is left to the planner)
 _MAX_VALUES: Final = 8
 
 
+def lookup(query: EntityQuery) -> Lookup | None:
+    """Return the first text equality among a query's q terms (ANDed), or None."""
+    q = query.q
+    if q is None or query.geo is not None:
+        return None
+    terms = q.items if isinstance(q, And) else (q,)
+    for i, term in enumerate(terms):
+        found = attrindex.text_lookup(term, query.expand)
+        if found is None or len(found[1]) > _MAX_VALUES:
+            continue
+        if all(len(v) < pg_query.TEXT_PREFIX for v in found[1]):
+            others = terms[:i] + terms[i + 1 :]
+            rest = None if not others else others[0] if len(others) == 1 else And(others)
+            return Lookup(found[0], found[1], rest)
+    return None
+
+
 async def value_page(
     conn: Conn,
     tenant: str,
     query: EntityQuery,
-    found: tuple[str, list[str]],
+    found: Lookup,
     dialect: pg_query.PgDialect,
 ) -> list[Doc] | None:
     """Return a query's page by walking the entities holding a value, or None (the planner).
@@ -138,11 +146,11 @@ async def value_page(
     query's page. A value whose walk ran out of budget short of a page leaves the merged
     page exact only up to the last candidate it saw.
     """
-    path, values = found
+    values = found.values
     need = query.offset + query.limit
     budget = _budget(need)
-    pid_sql, pid_params = dialect.pid(path)
-    where, params = pg_query.where(tenant, query, dialect)
+    pid_sql, pid_params = dialect.pid(found.path)
+    where, params = pg_query.where(tenant, replace(query, q=found.rest), dialect)
     holders = (
         f"FROM attr_index a WHERE a.pid={pid_sql} AND a.t={attrindex.STRING} "
         f"AND length(a.s) < {pg_query.TEXT_PREFIX} AND a.s=?"
@@ -226,7 +234,7 @@ async def near_page(
     need = int(query.offset + query.limit)
     fetch = NEAR_FETCH * need
     where, params = pg_query.where(tenant, replace(query, geo=None), dialect)
-    ref = orjson.dumps(geo.reference).decode()
+    ref = pg_query.reference_json(geo)
     box, meters_per_degree_min = _bounds(geo, max_d)
     sql = numbered(
         f"SELECT e.rid, e.doc, g.geom <-> {pg_query.REF} AS p, "
@@ -268,7 +276,7 @@ async def region_page(
     """
     relate = pg_query.RELATE[geo.georel]
     where, params = pg_query.where(tenant, replace(query, geo=None), dialect)
-    ref = orjson.dumps(geo.reference).decode()
+    ref = pg_query.reference_json(geo)
     sql = numbered(
         "SELECT d.doc FROM (SELECT DISTINCT c.rid FROM (SELECT e.rid, g.geom "
         "FROM geo_index g JOIN entities e ON e.rid = g.rid "

@@ -156,7 +156,9 @@ class PostgresStorage(Storage):
         where, params = pg_query.where(tenant, query, dialect)
         geo = query.geo
         near = geo is not None and geo.georel == "near" and bool(geo.max_distance)
-        walks = query.limit > 0 and not near and pg_walk.walkable(query)
+        found = pg_walk.lookup(query)
+        walk_type = pg_walk.walk_type(query)
+        walks = query.limit > 0 and not near and (found is not None or walk_type is not None)
         async with self._snapshot(custom_plans=query.count or not walks) as conn:
             if dialect.missing:
                 # paths another worker added since: learn them, so their pids are parameters
@@ -169,32 +171,42 @@ class PostgresStorage(Storage):
                 count = await conn.fetchval(
                     numbered(f"SELECT count(*) FROM entities e WHERE {where}"), *params
                 )
+            # walks check every condition per candidate (pg_walk)
+            walker = pg_query.PgDialect(self._paths.known(), walk=True)
             docs: list[Doc] | None = []
             if query.limit == 0:
                 pass
             elif near:
                 assert geo is not None
-                docs = await self._near(conn, tenant, query, geo)
+                docs = await self._near(conn, tenant, query, geo, walker)
             elif geo is not None and geo.georel in pg_query.RELATE and geo.georel != "disjoint":
-                walker = pg_query.PgDialect(self._paths.known(), walk=True)
                 docs = await pg_walk.region_page(conn, tenant, query, geo, walker)
             else:
-                docs = await self._walk(conn, tenant, query) if walks else None
+                docs = (
+                    await self._walk(conn, tenant, query, walker, found, walk_type)
+                    if walks
+                    else None
+                )
                 if docs is None:
                     if walks and not query.count:  # the walk handed the query over
                         await conn.execute(_CUSTOM_PLANS)
                     docs = await self._page(conn, where, params, query, None)
         return QueryResult(docs or [], count)
 
-    async def _walk(self, conn: Conn, tenant: str, query: EntityQuery) -> list[Doc] | None:
+    async def _walk(
+        self,
+        conn: Conn,
+        tenant: str,
+        query: EntityQuery,
+        walker: pg_query.PgDialect,
+        found: pg_walk.Lookup | None,
+        walk_type: str | None,
+    ) -> list[Doc] | None:
         """Return a query's page walked by a value or a type (pg_walk), or None (the planner)."""
-        walker = pg_query.PgDialect(self._paths.known(), walk=True)
-        found = pg_walk.lookup(query)
         if found is not None:
             docs = await pg_walk.value_page(conn, tenant, query, found, walker)
             if docs is not None:
                 return docs
-        walk_type = pg_walk.walk_type(query)
         if walk_type is None:
             return None
         return await pg_walk.page(conn, tenant, query, walk_type, walker)
@@ -216,7 +228,9 @@ class PostgresStorage(Storage):
         rows = await conn.fetch(sql, *order_params, *params, query.limit, query.offset)
         return [orjson.loads(r[0]) for r in rows]
 
-    async def _near(self, conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery) -> list[Doc]:
+    async def _near(
+        self, conn: Conn, tenant: str, query: EntityQuery, geo: GeoQuery, walker: pg_query.PgDialect
+    ) -> list[Doc]:
         """Nearest first within maxDistance: the page from the circle holding the nearest.
 
         Ordering every candidate within maxDistance by its spheroid distance is slow in dense
@@ -224,7 +238,6 @@ class PostgresStorage(Storage):
         offset+limit matches first.
         """
         need = query.offset + query.limit
-        walker = pg_query.PgDialect(self._paths.known(), walk=True)
         docs, radius = await pg_walk.near_page(conn, tenant, query, geo, walker)
         if docs is not None:
             return docs

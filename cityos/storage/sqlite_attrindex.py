@@ -420,12 +420,7 @@ class _Compiler:
         return f"a.t={kind} AND {self.d.col(kind)}{op}?", [param]
 
     def variants(self, value: Scalar, param: Any, kind: int) -> list[Any]:
-        """Return the literal and, for a term, its expansion (VocabProperty values are IRIs)."""
-        if kind == STRING and isinstance(value, str) and _TERM.fullmatch(value):
-            iri = self.expand(value)
-            if iri != value:
-                return [param, iri]
-        return [param]
+        return _variants(value, param, kind, self.expand)
 
     def json_value_cond(self, op: str, value: Any) -> Cond:
         if isinstance(value, Range):
@@ -452,6 +447,15 @@ def _is_lookup(node: QExpr) -> bool:
     return bool(node.op == "==" and not node.path.keys)
 
 
+def _variants(value: Scalar, param: Any, kind: int, expand: Callable[[str], str]) -> list[Any]:
+    """Return the literal and, for a term, its expansion (VocabProperty values are IRIs)."""
+    if kind == STRING and isinstance(value, str) and _TERM.fullmatch(value):
+        iri = expand(value)
+        if iri != value:
+            return [param, iri]
+    return [param]
+
+
 def text_lookup(node: QExpr, expand: Callable[[str], str]) -> tuple[str, list[str]] | None:
     """Return (attribute path IRI, the strings it may equal) of a text equality q term.
 
@@ -464,12 +468,11 @@ def text_lookup(node: QExpr, expand: Callable[[str], str]) -> tuple[str, list[st
         return None
     items = node.value.items if isinstance(node.value, ValueList) else (node.value,)
     values: list[str] = []
-    compiler = _Compiler(expand)
     for item in items:
         kind, param = _literal(item)
         if kind != STRING:
             return None
-        values.extend(compiler.variants(item, param, kind))
+        values.extend(_variants(item, param, kind, expand))
     return _path_iri(node.path, expand), values
 
 
